@@ -1,0 +1,3 @@
+"""facerec: an elastic face-recognition service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""In-process adapters: a dict-backed blob store and an SQS-semantics queue for one event loop.
+
+For unit tests of the tiers and as the executable reference of the port contracts; not shared between
+processes (the local SQLite adapters are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from facerec.ports import BlobNotFound, InvalidKey, MessageTooLarge, QueueStats, ReceivedMessage
+
+RECEIVE_MAX = 10
+
+
+class MemoryBlobStore:
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        if not key or len(key) > 1024:
+            raise InvalidKey(key)
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise BlobNotFound(key) from None
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    async def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        keys = sorted(k for k in self.objects if k.startswith(prefix))
+        return keys if limit is None else keys[:limit]
+
+    async def count(self, prefix: str = "") -> int:
+        return sum(1 for k in self.objects if k.startswith(prefix))
+
+    async def check(self) -> None:
+        return None
+
+
+@dataclass
+class _Stored:
+    message_id: str
+    body: str
+    visible_at: float
+    receive_count: int = 0
+    receipt: str | None = None
+
+
+class MemoryQueue:
+    def __init__(
+        self,
+        name: str = "memory",
+        visibility_timeout: float = 30.0,
+        max_receives: int | None = None,
+        dead_letter: MemoryQueue | None = None,
+        max_message_bytes: int = 1024,
+    ) -> None:
+        self.name = name
+        self.visibility_timeout = visibility_timeout
+        self.max_receives = max_receives
+        self.dead_letter = dead_letter
+        self.max_message_bytes = max_message_bytes
+        self._messages: dict[str, _Stored] = {}
+        self._arrived = asyncio.Event()
+
+    async def send(self, body: str) -> str:
+        if len(body.encode("utf-8")) > self.max_message_bytes:
+            raise MessageTooLarge(f"{len(body.encode())} bytes > {self.max_message_bytes}")
+        message_id = uuid.uuid4().hex
+        self._messages[message_id] = _Stored(message_id, body, visible_at=time.monotonic())
+        self._arrived.set()
+        return message_id
+
+    async def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        for body in bodies:
+            if len(body.encode("utf-8")) > self.max_message_bytes:
+                raise MessageTooLarge(f"{len(body.encode())} bytes > {self.max_message_bytes}")
+        return [await self.send(body) for body in bodies]
+
+    def _take(self, max_messages: int, visibility_timeout: float) -> list[ReceivedMessage]:
+        now = time.monotonic()
+        taken: list[ReceivedMessage] = []
+        for stored in list(self._messages.values()):
+            if len(taken) >= max_messages:
+                break
+            if stored.visible_at > now:
+                continue
+            if self.max_receives is not None and stored.receive_count >= self.max_receives:
+                del self._messages[stored.message_id]
+                if self.dead_letter is not None:
+                    self.dead_letter._messages[stored.message_id] = _Stored(
+                        stored.message_id, stored.body, visible_at=now
+                    )
+                    self.dead_letter._arrived.set()
+                continue
+            stored.receive_count += 1
+            stored.receipt = uuid.uuid4().hex
+            stored.visible_at = now + visibility_timeout
+            taken.append(
+                ReceivedMessage(stored.message_id, stored.body, stored.receipt, stored.receive_count)
+            )
+        return taken
+
+    async def receive(
+        self, max_messages: int = 10, wait_seconds: float = 0.0, visibility_timeout: float | None = None
+    ) -> list[ReceivedMessage]:
+        max_messages = max(1, min(max_messages, RECEIVE_MAX))
+        timeout = self.visibility_timeout if visibility_timeout is None else visibility_timeout
+        deadline = time.monotonic() + max(0.0, min(wait_seconds, 20.0))
+        while True:
+            taken = self._take(max_messages, timeout)
+            remaining = deadline - time.monotonic()
+            if taken or remaining <= 0:
+                return taken
+            self._arrived.clear()
+            # Messages also become visible again by time passing: wake at least every 50 ms.
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.05))
+            except TimeoutError:
+                pass
+
+    def _by_receipt(self, receipt: str) -> _Stored | None:
+        return next((m for m in self._messages.values() if m.receipt == receipt), None)
+
+    async def delete_batch(self, receipts: Sequence[str]) -> None:
+        for receipt in receipts:
+            stored = self._by_receipt(receipt)
+            if stored is not None:
+                del self._messages[stored.message_id]
+
+    async def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
+        now = time.monotonic()
+        for receipt in receipts:
+            stored = self._by_receipt(receipt)
+            if stored is not None:
+                stored.visible_at = now + timeout_seconds
+                if timeout_seconds <= 0:
+                    self._arrived.set()
+
+    async def stats(self) -> QueueStats:
+        now = time.monotonic()
+        visible = sum(1 for m in self._messages.values() if m.visible_at <= now)
+        return QueueStats(visible=visible, in_flight=len(self._messages) - visible)
+
+    async def check(self) -> None:
+        return None

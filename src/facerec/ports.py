@@ -1,0 +1,149 @@
+"""The three ports every tier talks to. Adapters live in `facerec.adapters`, one module each.
+
+The web tier, the worker and the scaler depend on these Protocols only, never on boto3 or sqlite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class PortError(Exception):
+    """The backing service failed or is unreachable (maps to HTTP 503 in the web tier)."""
+
+
+class BlobNotFound(KeyError):
+    """No object under that key."""
+
+
+class InvalidKey(ValueError):
+    """A key that is empty, too long, or could escape its store."""
+
+
+class MessageTooLarge(ValueError):
+    """A message body over the queue's size limit."""
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """A bucket: opaque bytes under string keys."""
+
+    name: str
+
+    async def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    async def get(self, key: str) -> bytes:
+        """Raises BlobNotFound."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Deleting a missing key is not an error (as in S3)."""
+        ...
+
+    async def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """Keys under `prefix`, sorted."""
+        ...
+
+    async def count(self, prefix: str = "") -> int: ...
+
+    async def check(self) -> None:
+        """Raise PortError when the store cannot be used (for readiness probes)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    message_id: str
+    body: str
+    receipt: str
+    """Opaque handle for delete/change_visibility; valid only for this delivery."""
+    receive_count: int
+    """1 on the first delivery."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    visible: int
+    """Waiting to be received (approximate on SQS)."""
+    in_flight: int
+    """Received and not yet deleted or timed out."""
+
+
+@runtime_checkable
+class MessageQueue(Protocol):
+    """An SQS-like queue: at-least-once delivery, visibility timeout, dead-letter after max receives."""
+
+    name: str
+    max_message_bytes: int
+
+    async def send(self, body: str) -> str:
+        """Returns the message id. Raises MessageTooLarge."""
+        ...
+
+    async def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        """Any number of bodies (chunked into backend-sized batches). Returns message ids in order."""
+        ...
+
+    async def receive(
+        self, max_messages: int = 10, wait_seconds: float = 0.0, visibility_timeout: float | None = None
+    ) -> list[ReceivedMessage]:
+        """Up to `max_messages` (at most 10 per call, as on SQS); waits up to `wait_seconds` (<= 20) for the
+        first one. Returns an empty list when nothing arrived in time."""
+        ...
+
+    async def delete_batch(self, receipts: Sequence[str]) -> None:
+        """Acknowledge; a stale or unknown receipt is ignored."""
+        ...
+
+    async def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
+        """Extend (or with 0, release) the visibility of messages in hand."""
+        ...
+
+    async def stats(self) -> QueueStats: ...
+
+    async def check(self) -> None:
+        """Raise PortError when the queue cannot be used (for readiness probes)."""
+        ...
+
+
+class WorkerState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    name: str
+    """`app-tier-instance-<n>` on AWS."""
+    state: WorkerState
+    launched_at: float | None = None
+    """Unix time the worker was last started, when known."""
+
+
+@runtime_checkable
+class Fleet(Protocol):
+    """The app-tier workers. State always comes from the backing system, never from memory alone."""
+
+    max_workers: int
+
+    async def list(self) -> list[WorkerInfo]:
+        """All workers this fleet manages, in every state."""
+        ...
+
+    async def start(self, count: int) -> list[WorkerInfo]:
+        """Start up to `count` more, never exceeding `max_workers` pending+running. Returns those started."""
+        ...
+
+    async def stop(self, worker_ids: Sequence[str]) -> None:
+        """Graceful stop: the worker finishes or releases its batch."""
+        ...
+
+    async def close(self) -> None:
+        """Release clients; local fleets also stop their workers."""
+        ...

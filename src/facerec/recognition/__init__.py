@@ -1,0 +1,1 @@
+"""Recognition core: image decoding, FaceNet weights, the batched recognizer and galleries (imports torch)."""

@@ -1,0 +1,46 @@
+"""What the recognizer returns, importable without torch (the worker maps these onto messages)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+UNKNOWN = "Unknown"
+NO_FACE = "NoFace"
+
+
+@dataclass(frozen=True, slots=True)
+class FaceResult:
+    """One image's answer: the nearest gallery identity (or Unknown / NoFace)."""
+
+    name: str
+    distance: float | None
+    box: tuple[float, float, float, float] | None
+    """x1, y1, x2, y2 in the original image's pixels."""
+    probability: float | None
+    no_face: bool = False
+    unknown: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRejected:
+    """The input could not be used as an image; retrying will not help."""
+
+    code: str
+    """`not_an_image` (empty, undecodable, truncated, unsupported type) or `image_too_large`."""
+    message: str
+
+
+Outcome = FaceResult | ImageRejected
+ImageInput = bytes | Image.Image
+
+
+class BatchRecognizer(Protocol):
+    """Synchronous and CPU-bound: callers run it in a thread."""
+
+    def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
+        """One outcome per input, in order; never raises for a bad image."""
+        ...

@@ -1,0 +1,1 @@
+"""Elasticity: the pure scaling policy and the thin loop that applies it."""

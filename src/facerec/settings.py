@@ -1,0 +1,123 @@
+"""All of facerec's settings in one place, read from `FACEREC_*` environment variables (or a `.env` file).
+
+This module must stay importable without torch: the web tier reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEREC_", env_file=".env", extra="ignore")
+
+    # --- deployment -------------------------------------------------------------------------------
+    backend: Literal["local", "aws"] = Field(
+        "local", description="`local`: directory + SQLite queue + subprocess workers; `aws`: S3/SQS/EC2."
+    )
+    prefix: str = Field(
+        "facerec",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,40}$",
+        description="Resource name prefix: <prefix>-in-bucket, <prefix>-out-bucket, <prefix>-req-queue, ...",
+    )
+    data_dir: Path = Field(
+        Path(user_data_dir("facerec")), description="Local backend: where the stores and queues live."
+    )
+
+    # --- AWS (only with backend=aws) --------------------------------------------------------------
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = Field(None, description="For moto, LocalStack or another S3/SQS endpoint.")
+    aws_ami_id: str | None = Field(None, description="Worker AMI for `facerec aws provision`.")
+    aws_launch_template: str | None = Field(None, description="Launch template name for fleet_mode=run.")
+    aws_instance_type: str = "t3.micro"
+    aws_instance_profile: str | None = None
+    fleet_mode: Literal["pool", "run"] = Field(
+        "pool", description="`pool`: start/stop pre-created instances (fast); `run`: run/terminate."
+    )
+
+    # --- queues -----------------------------------------------------------------------------------
+    visibility_timeout_s: float = Field(30.0, gt=0)
+    max_receives: int = Field(
+        3, ge=1, description="Deliveries before a request goes to the dead-letter queue."
+    )
+    message_max_bytes: int = 1024
+
+    # --- model ------------------------------------------------------------------------------------
+    weights: str = Field(
+        "casia-webface", description="`casia-webface`, `vggface2`, or the path of a state_dict file."
+    )
+    weights_cache_dir: Path = Field(Path(user_cache_dir("facerec")), description="Converted weights go here.")
+    crop_size: int = Field(160, ge=32, le=512)
+    margin: int = Field(14, ge=0, le=200)
+    min_face_size: int = Field(20, ge=4)
+    unknown_threshold: float | None = Field(
+        None, gt=0, description="L2 distance beyond which the answer is `Unknown` (about 0.9-1.0 for casia)."
+    )
+    torch_threads: int = Field(max(1, os.cpu_count() or 1), ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard.")
+    detect_max_side: int = Field(
+        640,
+        ge=64,
+        description="Larger images are detected on a downscaled copy (detection cost grows with area).",
+    )
+    gallery: str | None = Field(None, description="Gallery file path (or blob key with `blob:` prefix).")
+
+    # --- worker -----------------------------------------------------------------------------------
+    batch_max: int = Field(32, ge=1, le=256)
+    batch_fill_wait_ms: float = Field(20.0, ge=0, le=1000)
+
+    # --- web --------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    request_deadline_s: float = Field(60.0, gt=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_in_flight: int = Field(2000, ge=1)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+    # --- scaler -----------------------------------------------------------------------------------
+    min_workers: int = Field(0, ge=0)
+    max_workers: int | None = Field(
+        None, ge=0, description="Default: 15 on AWS, the number of cores locally."
+    )
+    target_in_flight_per_worker: float = Field(1.0, gt=0)
+    scale_in_grace_s: float = Field(1.0, ge=0)
+    scaler_interval_s: float = Field(0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _default_max_workers(self) -> Settings:
+        if self.max_workers is None:
+            self.max_workers = 15 if self.backend == "aws" else max(1, os.cpu_count() or 1)
+        return self
+
+    # Names follow the course's contract.
+    @property
+    def in_bucket(self) -> str:
+        return f"{self.prefix}-in-bucket"
+
+    @property
+    def out_bucket(self) -> str:
+        return f"{self.prefix}-out-bucket"
+
+    @property
+    def req_queue(self) -> str:
+        return f"{self.prefix}-req-queue"
+
+    @property
+    def resp_queue(self) -> str:
+        return f"{self.prefix}-resp-queue"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}-req-dlq"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Web tier: the asyncio FastAPI front door. Never imports torch."""

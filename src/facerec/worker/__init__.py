@@ -1,0 +1,1 @@
+"""App tier: the batched recognition worker."""

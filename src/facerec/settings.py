@@ -44,15 +44,11 @@ class Settings(BaseSettings):
 
     # --- queues -----------------------------------------------------------------------------------
     visibility_timeout_s: float = Field(30.0, gt=0)
-    max_receives: int = Field(
-        3, ge=1, description="Deliveries before a request goes to the dead-letter queue."
-    )
+    max_receives: int = Field(3, ge=1, description="Deliveries before a request goes to the dead-letter queue.")
     message_max_bytes: int = 1024
 
     # --- model ------------------------------------------------------------------------------------
-    weights: str = Field(
-        "casia-webface", description="`casia-webface`, `vggface2`, or the path of a state_dict file."
-    )
+    weights: str = Field("casia-webface", description="`casia-webface`, `vggface2`, or the path of a state_dict file.")
     weights_cache_dir: Path = Field(Path(user_cache_dir("facerec")), description="Converted weights go here.")
     crop_size: int = Field(160, ge=32, le=512)
     margin: int = Field(14, ge=0, le=200)
@@ -83,9 +79,7 @@ class Settings(BaseSettings):
 
     # --- scaler -----------------------------------------------------------------------------------
     min_workers: int = Field(0, ge=0)
-    max_workers: int | None = Field(
-        None, ge=0, description="Default: 15 on AWS, the number of cores locally."
-    )
+    max_workers: int | None = Field(None, ge=0, description="Default: 15 on AWS, the number of cores locally.")
     target_in_flight_per_worker: float = Field(1.0, gt=0)
     scale_in_grace_s: float = Field(1.0, ge=0)
     scaler_interval_s: float = Field(0.2, gt=0)

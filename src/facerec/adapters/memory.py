@@ -7,6 +7,7 @@ processes (the local SQLite adapters are).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -106,9 +107,7 @@ class MemoryQueue:
             stored.receive_count += 1
             stored.receipt = uuid.uuid4().hex
             stored.visible_at = now + visibility_timeout
-            taken.append(
-                ReceivedMessage(stored.message_id, stored.body, stored.receipt, stored.receive_count)
-            )
+            taken.append(ReceivedMessage(stored.message_id, stored.body, stored.receipt, stored.receive_count))
         return taken
 
     async def receive(
@@ -124,10 +123,8 @@ class MemoryQueue:
                 return taken
             self._arrived.clear()
             # Messages also become visible again by time passing: wake at least every 50 ms.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.05))
-            except TimeoutError:
-                pass
 
     def _by_receipt(self, receipt: str) -> _Stored | None:
         return next((m for m in self._messages.values() if m.receipt == receipt), None)

@@ -147,3 +147,15 @@ class Fleet(Protocol):
     async def close(self) -> None:
         """Release clients; local fleets also stop their workers."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class DataTier:
+    """The stores and queues one process uses; built by `facerec.backend.open_data_tier(settings)`."""
+
+    inputs: BlobStore
+    outputs: BlobStore
+    requests: MessageQueue
+    responses: MessageQueue
+    dead_letters: MessageQueue
+    """Requests that failed `max_receives` times (redrive target of `requests`)."""

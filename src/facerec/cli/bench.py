@@ -1,0 +1,37 @@
+"""`facerec bench <name>`: benchmarks that print numbers and write them to a JSON file."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> module exposing a click command called `command`
+_BENCHMARKS: dict[str, str] = {
+    "model": "facerec.bench.model",
+    "queue": "facerec.bench.queue",
+    "worker": "facerec.bench.worker",
+    "web": "facerec.bench.web",
+    "load": "facerec.bench.load",
+}
+
+
+class _LazyBenchGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_BENCHMARKS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = _BENCHMARKS.get(cmd_name)
+        if module_name is None:
+            return None
+        try:
+            return importlib.import_module(module_name).command
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+
+
+@click.group(cls=_LazyBenchGroup)
+def bench() -> None:
+    """Measure the recognizer, the queue, the worker, the web tier, or the whole service under load."""

@@ -1,0 +1,68 @@
+"""The autoscaling decision: a pure function of observed numbers and config (no I/O, no clock).
+
+In the style of Ray Serve's `calculate_desired_num_replicas`: the loop around it observes, this decides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from facerec.ports import WorkerInfo, WorkerState
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingConfig:
+    min_workers: int = 0
+    max_workers: int = 15
+    target_in_flight_per_worker: float = 1.0
+    """How many requests in flight one worker should carry; with 1.0, 100 requests ask for 100 (capped at max)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_workers <= self.max_workers:
+            raise ValueError(f"need 0 <= min_workers ({self.min_workers}) <= max_workers ({self.max_workers})")
+        if self.target_in_flight_per_worker <= 0:
+            raise ValueError("target_in_flight_per_worker must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    in_flight: int
+    """Requests the web tier is waiting on right now (the exact count of its futures)."""
+    queue_depth: int
+    """Requests visible in the request queue (work another web process may have sent, or left behind)."""
+    recent_peak_load: int
+    """The largest load (max of in_flight and queue_depth) seen over the scale-in grace window."""
+
+
+def desired_workers(observation: Observation, config: ScalingConfig) -> int:
+    """How many workers should be running or starting.
+
+    Scale-out follows the current load at once (the first request of an idle system starts a worker);
+    scale-in follows the peak over the grace window, so a short lull under steady load never stops a
+    worker (no flapping) while a finished workload drops to `min_workers` one grace period after its
+    last request.
+    """
+    load = max(observation.in_flight, observation.queue_depth, observation.recent_peak_load, 0)
+    needed = math.ceil(load / config.target_in_flight_per_worker)
+    return max(config.min_workers, min(config.max_workers, needed))
+
+
+def active_workers(workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
+    """Workers that count against the maximum: running or starting (`stopping` counts as stopped)."""
+    return [w for w in workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+
+
+def workers_to_stop(
+    workers: Sequence[WorkerInfo], count: int, last_active: Mapping[str, float] | None = None
+) -> list[WorkerInfo]:
+    """Pick `count` active workers to stop, idlest first: pending ones (no work yet), then those whose
+    last answer is oldest (never answered counts as oldest), newest launch first among equals."""
+    last_active = last_active or {}
+
+    def idleness(worker: WorkerInfo) -> tuple[int, float, float]:
+        pending_first = 0 if worker.state == WorkerState.PENDING else 1
+        return (pending_first, last_active.get(worker.name, float("-inf")), -(worker.launched_at or 0.0))
+
+    return sorted(active_workers(workers), key=idleness)[: max(0, count)]

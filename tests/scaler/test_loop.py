@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+
+import pytest
+
+from facerec.adapters.memory import MemoryQueue
+from facerec.ports import PortError, WorkerInfo, WorkerState
+from facerec.scaler.loop import LoadWindow, Scaler
+from facerec.scaler.policy import ScalingConfig
+
+
+class FakeFleet:
+    """Starts and stops instantly; `fail_next` makes the next call raise like a failing cloud API."""
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.workers: dict[str, WorkerInfo] = {}
+        self.fail_next = 0
+        self.peak_active = 0
+        self._ids = itertools.count(1)
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise PortError("injected fleet API failure")
+
+    def _active(self) -> int:
+        return sum(w.state in (WorkerState.RUNNING, WorkerState.PENDING) for w in self.workers.values())
+
+    async def list(self) -> list[WorkerInfo]:
+        self._maybe_fail()
+        return list(self.workers.values())
+
+    async def start(self, count: int) -> list[WorkerInfo]:
+        self._maybe_fail()
+        started = []
+        for _ in range(max(0, min(count, self.max_workers - self._active()))):
+            n = next(self._ids)
+            info = WorkerInfo(f"w{n}", f"app-tier-instance-{n}", WorkerState.RUNNING, launched_at=float(n))
+            self.workers[info.worker_id] = info
+            started.append(info)
+        self.peak_active = max(self.peak_active, self._active())
+        return started
+
+    async def stop(self, worker_ids: Sequence[str]) -> None:
+        self._maybe_fail()
+        for worker_id in worker_ids:
+            self.workers.pop(worker_id, None)
+
+    async def close(self) -> None:
+        self.workers.clear()
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_load_window_tracks_peak_over_span() -> None:
+    window = LoadWindow(span_s=1.0)
+    window.add(0.0, 5)
+    window.add(0.5, 2)
+    assert window.peak(0.9) == 5
+    assert window.peak(1.2) == 2
+    assert window.peak(2.0) == 0
+
+
+async def test_burst_scales_to_exactly_max_then_back_to_zero_after_grace() -> None:
+    fleet = FakeFleet(max_workers=15)
+    clock = ManualClock()
+    in_flight = {"n": 0}
+    scaler = Scaler(fleet, ScalingConfig(max_workers=15), lambda: in_flight["n"], scale_in_grace_s=1.0, clock=clock)
+    in_flight["n"] = 100
+    step = await scaler.step()
+    assert (step.desired, step.started) == (15, 15)
+    assert fleet.peak_active == 15
+
+    in_flight["n"] = 0
+    clock.now += 0.5
+    assert (await scaler.step()).stopped == 0  # within grace: no flapping
+    clock.now += 0.6
+    step = await scaler.step()
+    assert step.stopped == 15
+    assert fleet.workers == {}
+    assert fleet.peak_active == 15
+
+
+async def test_queue_depth_alone_starts_workers() -> None:
+    fleet = FakeFleet(max_workers=4)
+    queue = MemoryQueue()
+    await queue.send_batch(["a", "b", "c"])
+    scaler = Scaler(fleet, ScalingConfig(max_workers=4), lambda: 0, request_queue=queue)
+    assert (await scaler.step()).desired == 3
+
+
+async def test_recovers_view_from_the_fleet_after_restart() -> None:
+    fleet = FakeFleet(max_workers=5)
+    await fleet.start(3)
+    # A new scaler (after a web restart) with load for two: it sees the three and stops one.
+    scaler = Scaler(fleet, ScalingConfig(max_workers=5), lambda: 2, scale_in_grace_s=0.0)
+    step = await scaler.step()
+    assert (step.active, step.desired, step.stopped) == (3, 2, 1)
+
+
+async def _wait_for(condition, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_run_wakes_immediately_on_notify() -> None:
+    fleet = FakeFleet(max_workers=2)
+    in_flight = {"n": 0}
+    scaler = Scaler(fleet, ScalingConfig(max_workers=2), lambda: in_flight["n"], interval_s=30.0)
+    task = asyncio.create_task(scaler.run())
+    try:
+        assert await _wait_for(lambda: scaler.last_step is not None)
+        in_flight["n"] = 1
+        scaler.notify()  # without it the next tick would be 30 s away
+        assert await _wait_for(lambda: len(fleet.workers) == 1, seconds=2.0)
+    finally:
+        await _stop(task)
+
+
+async def test_run_survives_fleet_failures_and_retries() -> None:
+    fleet = FakeFleet(max_workers=2)
+    fleet.fail_next = 3
+    scaler = Scaler(fleet, ScalingConfig(max_workers=2), lambda: 2, interval_s=0.01)
+    task = asyncio.create_task(scaler.run())
+    try:
+        assert await _wait_for(lambda: len(fleet.workers) == 2)
+        assert fleet.fail_next == 0
+        assert not task.done()
+    finally:
+        await _stop(task)

@@ -1,0 +1,5 @@
+"""`python -m facerec ...` is `facerec ...`."""
+
+from facerec.cli import main
+
+main()

@@ -64,10 +64,28 @@ class Settings(BaseSettings):
         description="Larger images are detected on a downscaled copy (detection cost grows with area).",
     )
     gallery: str | None = Field(None, description="Gallery file path (or blob key with `blob:` prefix).")
+    # -- galleries (recognition helper) --
+    course_gallery_made_with: str | None = Field(
+        None,
+        pattern=r"^[^:]+:\d+:\d+$",
+        description="Accept a course-format data.pt gallery (no metadata of its own), stating how it was made: "
+        "`WEIGHTS:CROP_SIZE:MARGIN`, e.g. `vggface2:240:0`. It must still match the running model's settings.",
+    )
 
     # --- worker -----------------------------------------------------------------------------------
     batch_max: int = Field(32, ge=1, le=256)
     batch_fill_wait_ms: float = Field(20.0, ge=0, le=1000)
+    # -- worker loop (app tier helper) --
+    worker_poll_wait_s: float = Field(2.0, ge=0, le=20, description="Long-poll wait for a batch's first message.")
+    worker_prefetch: bool = Field(
+        False,
+        description="Receive and fetch the next batch during inference. Off: no measurable gain locally "
+        "(the model is busy 98% of the time either way), and a prefetched batch waits on a busy worker "
+        "while a newly started one may be idle.",
+    )
+    visibility_extend_after: float = Field(
+        0.5, gt=0, lt=1, description="Extend a held message's visibility after this fraction of the timeout."
+    )
 
     # --- web --------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -76,6 +94,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_in_flight: int = Field(2000, ge=1)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    # -- web tier response polling (web helper) --
+    web_response_pollers: int = Field(
+        4, ge=1, le=64, description="Concurrent long-polls of the response queue (each receives up to 10)."
+    )
+    web_poll_wait_s: float = Field(20.0, ge=0, le=20, description="Long-poll wait of the response/DLQ pollers.")
 
     # --- scaler -----------------------------------------------------------------------------------
     min_workers: int = Field(0, ge=0)

@@ -1,0 +1,68 @@
+"""`facerec enroll DIR --gallery FILE`: build a gallery from one folder of photos per person."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from facerec.cli.model_options import model_options, settings_from_options
+
+log = logging.getLogger(__name__)
+
+
+def person_photos(directory: Path, per_person: int | None) -> dict[str, list[Path]]:
+    """Person (folder name) -> their photo files, sorted, at most `per_person` of them."""
+    people: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        photos = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        people[folder.name] = photos[:per_person] if per_person else photos
+    return people
+
+
+@click.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--gallery", "gallery_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--per-person", type=click.IntRange(min=1), help="Use at most N photos of each person (sorted).")
+@model_options
+def enroll(directory: Path, gallery_path: Path, per_person: int | None, **options: Any) -> None:
+    """Enroll DIRECTORY (one sub-folder of photos per person, named after them) into a gallery file.
+
+    Photos without a face or that cannot be decoded are listed, never silently skipped.
+    """
+    from facerec.recognition.gallery import Gallery
+    from facerec.recognition.recognizer import Recognizer
+
+    settings = settings_from_options(options)
+    people = person_photos(directory, per_person)
+    if not people:
+        raise click.UsageError(f"{directory} has no sub-folders (one per person expected)")
+    recognizer = Recognizer(settings)
+    jobs = [(name, path) for name, photos in people.items() for path in photos]
+    embeddings: dict[str, list[Any]] = {name: [] for name in people}
+    problems: list[str] = []
+    with tqdm(total=len(jobs), unit="photo", desc="enroll") as progress:
+        for start in range(0, len(jobs), settings.batch_max):
+            chunk = jobs[start : start + settings.batch_max]
+            results = recognizer.embed([path.read_bytes() for _, path in chunk])
+            for (name, path), result in zip(chunk, results, strict=True):
+                if hasattr(result, "shape"):
+                    embeddings[name].append(result)
+                elif getattr(result, "no_face", False):
+                    problems.append(f"{path}: no face found")
+                else:
+                    problems.append(f"{path}: {result.code}: {result.message}")  # type: ignore[union-attr]
+            progress.update(len(chunk))
+    for problem in problems:
+        click.echo(f"skipped {problem}", err=True)
+    for name in sorted(name for name, vectors in embeddings.items() if not vectors):
+        click.echo(f"not enrolled {name}: no usable photo", err=True)
+    gallery = Gallery.from_people(embeddings, recognizer.gallery_meta())
+    if len(gallery) == 0:
+        raise click.ClickException("no face found in any photo; gallery not written")
+    gallery.save(gallery_path)
+    used = sum(len(vectors) for vectors in embeddings.values())
+    click.echo(f"enrolled {len(gallery)} people from {used} photos into {gallery_path} ({len(problems)} skipped)")

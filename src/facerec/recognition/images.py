@@ -1,0 +1,95 @@
+"""Turn untrusted upload bytes into an RGB PIL image, or a typed rejection (never a crash or a hang)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+NOT_AN_IMAGE = "not_an_image"
+IMAGE_TOO_LARGE = "image_too_large"
+
+# Formats Pillow decodes in-process without external programs (EPS would run Ghostscript).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+# Smaller than MTCNN's smallest detectable face plus context: nothing useful can be in it.
+MIN_SIDE = 16
+
+# Register every plugin now: `Image.open(formats=...)` only knows the lazily loaded ones otherwise.
+Image.init()
+
+
+class ImageDecodeError(Exception):
+    """The input is not a usable image; `code` matches `ImageRejected.code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_image(data: bytes | Image.Image, max_pixels: int) -> Image.Image:
+    """Decode `data` into an upright RGB image. Raises ImageDecodeError.
+
+    The pixel count is checked from the header before any pixel is decoded, so a small file claiming
+    30000x30000 pixels costs nothing.
+    """
+    if isinstance(data, Image.Image):
+        _check_dimensions(data.size, max_pixels)
+        return _to_rgb(ImageOps.exif_transpose(data))
+    if not data:
+        raise ImageDecodeError(NOT_AN_IMAGE, "empty file")
+    # Pillow's own guard raises at twice its limit; keep it at ours so both agree, and our own check
+    # below (from the header) answers first with a typed error.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            _check_dimensions(image.size, max_pixels)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return _to_rgb(upright)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(IMAGE_TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(NOT_AN_IMAGE, "not a supported image format") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        # Truncated or corrupt data surfaces as any of these depending on the codec.
+        raise ImageDecodeError(NOT_AN_IMAGE, f"cannot decode image: {exc}") from exc
+
+
+def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageDecodeError(IMAGE_TOO_LARGE, f"{width}x{height} is over the limit of {max_pixels} pixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageDecodeError(NOT_AN_IMAGE, f"{width}x{height} is too small to hold a face")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return _wide_gray_to_rgb(image)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels carry arbitrary colour; put them on white as a viewer would show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _wide_gray_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit and float grayscale: scale to 8 bits rather than let `convert` clip everything to white."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if values.max(initial=0) > 255 else 255.0
+    scaled = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")

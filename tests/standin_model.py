@@ -1,0 +1,56 @@
+"""Recognizers for tests: the real pipeline around an untrained (seeded) InceptionResnetV1, or the real weights.
+
+An untrained network does the same arithmetic as the trained one, so batching, ordering, gallery and CLI
+behaviour can be tested without the converted weights; accuracy tests use `real_recognizer` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import lru_cache
+
+import pytest
+import torch
+
+from facerec.recognition.gallery import Gallery
+from facerec.recognition.recognizer import Recognizer
+from facerec.settings import Settings
+
+STANDIN_ID = "standin-random-seed-0"
+
+
+@lru_cache(maxsize=1)
+def standin_model() -> torch.nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    torch.manual_seed(0)
+    return InceptionResnetV1(classify=False).eval()
+
+
+def standin_recognizer(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
+    return Recognizer(settings or Settings(), gallery, model=standin_model(), model_id=STANDIN_ID)
+
+
+def standin_weights_module() -> types.ModuleType:
+    """Takes the place of `facerec.recognition.weights` (for CLI tests that build their own Recognizer)."""
+    module = types.ModuleType("facerec.recognition.weights")
+    module.load_embedding_model = lambda settings: standin_model()  # type: ignore[attr-defined]
+    module.weights_id = lambda settings: STANDIN_ID  # type: ignore[attr-defined]
+    return module
+
+
+def install_standin_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "facerec.recognition.weights", standin_weights_module())
+
+
+def real_recognizer_or_skip(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
+    """The recognizer with the prepared casia-webface weights; skips when they are not available."""
+    try:
+        from facerec.recognition import weights
+    except ImportError:
+        pytest.skip("facerec.recognition.weights is not available")
+    try:
+        return Recognizer(settings or Settings(), gallery)
+    except weights.WeightsUnavailable as exc:
+        pytest.skip(f"weights not prepared (run `facerec weights prepare`): {exc}")

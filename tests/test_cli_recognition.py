@@ -1,0 +1,120 @@
+"""`facerec enroll` and `facerec recognize` end to end on lfw_small photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from facerec.cli import main
+from facerec.cli.enroll import person_photos
+from tests.conftest import jpeg_bytes
+from tests.standin_model import install_standin_weights
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def people_dir(tmp_path: Path, lfw_people: dict[str, list[Path]]) -> Path:
+    """3 people x 1 photo (copied into tmp), plus a folder whose photos are unusable."""
+    root = tmp_path / "people"
+    for name in sorted(lfw_people)[:3]:
+        (root / name).mkdir(parents=True)
+        for photo in lfw_people[name][:1]:
+            shutil.copy(photo, root / name / photo.name)
+    broken = root / "Broken_Person"
+    broken.mkdir()
+    (broken / "garbage.jpg").write_bytes(b"these bytes are no image")
+    (broken / "blank.jpg").write_bytes(jpeg_bytes(size=(120, 120)))
+    return root
+
+
+def test_enroll_then_recognize(people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_standin_weights(monkeypatch)
+    gallery = tmp_path / "gallery.pt"
+    runner = CliRunner()
+
+    enrolled = runner.invoke(main, ["enroll", str(people_dir), "--gallery", str(gallery)])
+    assert enrolled.exit_code == 0, enrolled.output
+    assert "garbage.jpg: not_an_image" in enrolled.stderr
+    assert "blank.jpg: no face found" in enrolled.stderr
+    assert "not enrolled Broken_Person" in enrolled.stderr
+    assert "enrolled 3 people from 3 photos" in enrolled.stdout
+
+    # With one photo per person the gallery entry is that photo: recognizing it must give its person.
+    probes = [sorted(folder.iterdir())[0] for folder in sorted(people_dir.iterdir()) if folder.name != "Broken_Person"]
+    probes.append(people_dir / "Broken_Person" / "blank.jpg")
+    probes.append(people_dir / "Broken_Person" / "garbage.jpg")
+    result = runner.invoke(main, ["recognize", "--gallery", str(gallery), *map(str, probes)])
+    assert result.exit_code == 0, result.output
+    expected = [f"{p.stem}:{p.parent.name}" for p in probes[:3]] + ["blank:NoFace", "garbage:error:not_an_image"]
+    assert result.stdout.splitlines() == expected
+
+    as_json = runner.invoke(main, ["recognize", "--json", "--gallery", str(gallery), *map(str, probes[:2])])
+    records = json.loads(as_json.stdout)
+    assert [r["name"] for r in records] == [probes[0].parent.name, probes[1].parent.name]
+    assert all(r["distance"] < 1e-3 and len(r["box"]) == 4 for r in records)
+
+
+def test_per_person_limit_takes_the_first_sorted_photos(tmp_path: Path) -> None:
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        for index in (3, 1, 2):
+            (tmp_path / name / f"{name}{index}.jpg").write_bytes(b"x")
+    (tmp_path / ".hidden").mkdir()
+    people = person_photos(tmp_path, per_person=2)
+    assert list(people) == ["a", "b"]
+    assert [p.name for p in people["b"]] == ["b1.jpg", "b2.jpg"]
+    assert len(person_photos(tmp_path, per_person=None)["a"]) == 3
+
+
+def test_recognize_refuses_a_gallery_from_other_settings(
+    people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_standin_weights(monkeypatch)
+    gallery = tmp_path / "gallery.pt"
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["enroll", str(people_dir), "--gallery", str(gallery), "--per-person", "1"]).exit_code == 0
+    )
+    photo = next((people_dir / sorted(p.name for p in people_dir.iterdir())[0]).iterdir())
+    result = runner.invoke(main, ["recognize", "--gallery", str(gallery), "--crop-size", "200", str(photo)])
+    assert result.exit_code != 0
+    assert "crop_size: gallery 160, model 200" in result.output
+
+
+def test_enroll_without_person_folders_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_standin_weights(monkeypatch)
+    result = CliRunner().invoke(main, ["enroll", str(tmp_path), "--gallery", str(tmp_path / "g.pt")])
+    assert result.exit_code == 2 and "sub-folders" in result.output
+
+
+def test_lfw_small_accuracy_with_the_real_weights(
+    lfw_dir: Path, lfw_people: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """Acceptance: enroll the first 3 photos of each person, recognize the other 3: at least 95% correct."""
+    try:
+        from facerec.recognition import weights
+    except ImportError:
+        pytest.skip("facerec.recognition.weights is not available")
+    from facerec.settings import Settings
+
+    try:
+        weights.load_embedding_model(Settings())
+    except weights.WeightsUnavailable as exc:
+        pytest.skip(f"weights not prepared (run `facerec weights prepare`): {exc}")
+    gallery = tmp_path / "lfw.pt"
+    runner = CliRunner()
+    enrolled = runner.invoke(main, ["enroll", str(lfw_dir), "--gallery", str(gallery), "--per-person", "3"])
+    assert enrolled.exit_code == 0, enrolled.output
+    probes = [photo for photos in lfw_people.values() for photo in photos[3:]]
+    result = runner.invoke(main, ["recognize", "--json", "--gallery", str(gallery), *map(str, probes)])
+    assert result.exit_code == 0, result.output
+    names = [record["name"] for record in json.loads(result.stdout)]
+    correct = sum(name == probe.parent.name for name, probe in zip(names, probes, strict=True))
+    accuracy = correct / len(probes)
+    print(f"lfw_small: {correct}/{len(probes)} = {accuracy:.3f}")
+    assert accuracy >= 0.95

@@ -1,0 +1,141 @@
+"""Pure mapping between queue messages, recognizer outcomes and response messages (no I/O here)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from facerec.messages import (
+    Box,
+    ErrorCode,
+    InvalidMessage,
+    RecognitionRequest,
+    RecognitionResponse,
+    RecognitionResult,
+    ResponseError,
+    Timings,
+    parse_request,
+)
+from facerec.ports import ReceivedMessage
+from facerec.recognition.results import FaceResult, ImageRejected, Outcome
+
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A valid request still to be recognized."""
+
+    message: ReceivedMessage
+    request: RecognitionRequest
+    received_at: float
+    """Unix time this delivery was received."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to do for one message once it is settled: maybe store a result, send a response, delete it."""
+
+    message: ReceivedMessage
+    response: RecognitionResponse
+    output: tuple[str, str] | None = None
+    """(output key, object body) to put in the out-bucket before the response is sent."""
+
+    @property
+    def is_error(self) -> bool:
+        return self.response.error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """A message that cannot be answered (no request id): deleted so it cannot poison the queue."""
+
+    message: ReceivedMessage
+    reason: str
+
+
+def _salvage_id(body: str) -> str | None:
+    """The request id of an otherwise invalid body, when it has a well-formed one to answer to."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    request_id = data.get("id") if isinstance(data, dict) else None
+    return request_id if isinstance(request_id, str) and _REQUEST_ID.match(request_id) else None
+
+
+def _queue_wait(request: RecognitionRequest, received_at: float) -> float:
+    return round(max(0.0, received_at - request.enqueued_at), 4)
+
+
+def error_answer(
+    message: ReceivedMessage,
+    request_id: str,
+    code: ErrorCode,
+    text: str,
+    worker: str,
+    timings: Timings | None = None,
+) -> Answer:
+    response = RecognitionResponse(
+        id=request_id, error=ResponseError(code=code, message=text), timings=timings, worker=worker
+    )
+    return Answer(message, response)
+
+
+def triage(message: ReceivedMessage, received_at: float, worker: str) -> Job | Answer | Discard:
+    """Sort one delivery: a job to run, an immediate error answer, or a body to drop."""
+    try:
+        request = parse_request(message.body)
+    except InvalidMessage as exc:
+        request_id = _salvage_id(message.body)
+        if request_id is None:
+            return Discard(message, "invalid request body without an id")
+        return error_answer(
+            message, request_id, ErrorCode.PROCESSING_FAILED, f"invalid request message: {exc}"[:120], worker
+        )
+    if request.deadline is not None and received_at > request.deadline:
+        timings = Timings(queue_wait_s=_queue_wait(request, received_at))
+        return error_answer(
+            message, request.id, ErrorCode.DEADLINE_EXCEEDED, "request expired before processing", worker, timings
+        )
+    return Job(message, request, received_at)
+
+
+def missing_input_answer(job: Job, worker: str) -> Answer:
+    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at))
+    return error_answer(job.message, job.request.id, ErrorCode.INPUT_MISSING, "input object not found", worker, timings)
+
+
+def failed_answer(job: Job, text: str, worker: str) -> Answer:
+    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at))
+    return error_answer(job.message, job.request.id, ErrorCode.PROCESSING_FAILED, text[:120], worker, timings)
+
+
+def _error_code(code: str) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.NOT_AN_IMAGE
+
+
+def outcome_answer(job: Job, outcome: Outcome, inference_s: float, worker: str) -> Answer:
+    """The answer for a recognized image; a result also becomes the out-bucket object (body: the name)."""
+    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4))
+    if isinstance(outcome, ImageRejected):
+        return error_answer(job.message, job.request.id, _error_code(outcome.code), outcome.message, worker, timings)
+    result = _result(outcome)
+    response = RecognitionResponse(id=job.request.id, result=result, timings=timings, worker=worker)
+    return Answer(job.message, response, output=(job.request.output_key, result.name))
+
+
+def _result(face: FaceResult) -> RecognitionResult:
+    box = None if face.box is None else Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3])
+    return RecognitionResult(
+        name=face.name,
+        distance=face.distance,
+        box=box,
+        probability=face.probability,
+        no_face=face.no_face,
+        unknown=face.unknown,
+    )

@@ -1,0 +1,307 @@
+"""The worker loop: receive a batch, fetch its inputs, recognize it in a thread, store, respond, delete.
+
+At-least-once: a request message is deleted only after its result object is stored and its response
+sent, so a worker that dies at any point leaves its messages to be redelivered to another worker. Results
+are keyed by request id, so a redelivered request produces the same object and response again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
+from facerec.recognition.results import BatchRecognizer, Outcome
+from facerec.settings import Settings
+from facerec.worker.batch import (
+    Answer,
+    Discard,
+    Job,
+    failed_answer,
+    missing_input_answer,
+    outcome_answer,
+    triage,
+)
+from facerec.worker.stats import WorkerStats
+from facerec.worker.threads import InferenceRunner, run_in_daemon_thread
+from facerec.worker.visibility import InHand
+
+log = logging.getLogger(__name__)
+
+RECEIVE_MAX = 10
+PORT_ERROR_BACKOFF_S = (0.2, 5.0)
+
+
+@dataclass
+class _Batch:
+    """Jobs whose inputs are fetched, ready for inference, with the time each stage took so far."""
+
+    jobs: list[Job] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Worker:
+    """One app-tier worker on a DataTier and a BatchRecognizer. `await worker.run(stop)` until `stop` is set."""
+
+    def __init__(
+        self,
+        data: DataTier,
+        recognizer: BatchRecognizer,
+        settings: Settings,
+        name: str = "worker",
+        stats: WorkerStats | None = None,
+        infer: InferenceRunner = run_in_daemon_thread,
+    ) -> None:
+        self.data = data
+        self._infer = infer
+        self.recognizer = recognizer
+        self.settings = settings
+        self.name = name
+        self.stats = stats or WorkerStats()
+        self.in_hand = InHand(
+            data.requests, settings.visibility_timeout_s, self.stats, extend_after=settings.visibility_extend_after
+        )
+
+    # --- main loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process batches until `stop` is set; then finish the batch in inference and release the rest.
+
+        Cancelling the task releases every held message at once (visibility 0) instead.
+        """
+        keeper = asyncio.create_task(self.in_hand.run(), name="facerec-visibility")
+        pending: asyncio.Task[_Batch | None] | None = None
+        backoff = PORT_ERROR_BACKOFF_S[0]
+        log.info("worker_started", extra={"worker": self.name, "batch_max": self.settings.batch_max})
+        try:
+            while not stop.is_set():
+                try:
+                    current = await (pending or self._next_batch(stop))
+                    pending = None
+                    if current is None:
+                        continue
+                    if self.settings.worker_prefetch and not stop.is_set():
+                        # Overlap: receive and fetch the next batch while this one is in inference.
+                        pending = asyncio.create_task(self._next_batch(stop), name="facerec-prefetch")
+                    await self._process(current)
+                    backoff = PORT_ERROR_BACKOFF_S[0]
+                except PortError as exc:
+                    # The queue or store is unavailable: unsettled messages come back after their timeout.
+                    log.warning("port_error", extra={"worker": self.name, "error": str(exc), "backoff_s": backoff})
+                    if pending is not None:
+                        pending.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, PortError):
+                            await pending
+                        pending = None
+                    # Stop extending what this attempt held: it all comes back after its timeout.
+                    self.in_hand.discard(self.in_hand.receipts())
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, PORT_ERROR_BACKOFF_S[1])
+        finally:
+            for task in (pending, keeper):
+                if task is not None:
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+                    except Exception:
+                        # Already failed before the stop: its messages are released just below.
+                        log.exception("background_task_failed", extra={"worker": self.name, "task": task.get_name()})
+            released = await self.in_hand.release_all()
+            log.info("worker_stopped", extra={"worker": self.name, "released": released, **self.stats.snapshot()})
+
+    # --- stage 1: receive, triage, fetch ----------------------------------------------------------
+
+    async def _receive(self, stop: asyncio.Event) -> list[ReceivedMessage]:
+        """Up to `batch_max` messages: one long poll for the first, then a bounded wait to fill the batch."""
+        queue, batch_max = self.data.requests, self.settings.batch_max
+        timeout = self.settings.visibility_timeout_s
+        first = asyncio.ensure_future(
+            queue.receive(min(RECEIVE_MAX, batch_max), self.settings.worker_poll_wait_s, timeout)
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({first, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not first.done():
+            # Stopping: a receive cancelled mid-flight at worst delays its messages by one visibility timeout.
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            return []
+        messages = first.result()
+        self.in_hand.add(m.receipt for m in messages)
+        fill_until = time.monotonic() + self.settings.batch_fill_wait_ms / 1000
+        while messages and len(messages) < batch_max and not stop.is_set():
+            remaining = fill_until - time.monotonic()
+            if remaining <= 0:
+                break
+            more = await queue.receive(min(RECEIVE_MAX, batch_max - len(messages)), remaining, timeout)
+            if not more:
+                break
+            self.in_hand.add(m.receipt for m in more)
+            messages.extend(more)
+        return messages
+
+    async def _next_batch(self, stop: asyncio.Event) -> _Batch | None:
+        started = time.monotonic()
+        messages = await self._receive(stop)
+        if not messages:
+            return None
+        received = time.monotonic()
+        now = time.time()
+        batch = _Batch()
+        settled: list[Answer | Discard] = []
+        for message in messages:
+            sorted_out = triage(message, now, self.name)
+            if isinstance(sorted_out, Job):
+                batch.jobs.append(sorted_out)
+            else:
+                settled.append(sorted_out)
+        fetched = await asyncio.gather(
+            *(self.data.inputs.get(job.request.input_key) for job in batch.jobs), return_exceptions=True
+        )
+        jobs, batch.jobs = batch.jobs, []
+        for job, data in zip(jobs, fetched, strict=True):
+            if isinstance(data, BlobNotFound):
+                settled.append(missing_input_answer(job, self.name))
+            elif isinstance(data, BaseException):
+                raise data
+            else:
+                batch.jobs.append(job)
+                batch.images.append(data)
+        batch.timings = {"receive_s": received - started, "fetch_s": time.monotonic() - received}
+        if settled:
+            # Bad input is answered at once, never held back behind the batch's inference.
+            await self._settle(settled)
+            log.info(
+                "requests_rejected",
+                extra={"worker": self.name, "count": len(settled), **self.stats.snapshot()},
+            )
+        return batch
+
+    # --- stage 2: inference -----------------------------------------------------------------------
+
+    def _suspect(self, job: Job) -> bool:
+        # A redelivered message may have crashed the worker that held it: never let it take a batch down again.
+        return job.message.receive_count > 1
+
+    def _last_chance(self, job: Job) -> bool:
+        return job.message.receive_count >= self.settings.max_receives
+
+    async def _recognize(self, images: Sequence[bytes]) -> list[Outcome]:
+        outcomes = await self._infer(lambda: self.recognizer.recognize(images))
+        if len(outcomes) != len(images):
+            raise RuntimeError(f"recognizer returned {len(outcomes)} outcomes for {len(images)} images")
+        return outcomes
+
+    async def _recognize_alone(self, job: Job, image: bytes) -> Answer | None:
+        """One image on its own; a failure is answered on the last delivery, else retried by redelivery."""
+        started = time.monotonic()
+        try:
+            (outcome,) = await self._recognize([image])
+        except Exception as exc:
+            log.exception(
+                "recognize_failed",
+                extra={"worker": self.name, "request_id": job.request.id, "receive_count": job.message.receive_count},
+            )
+            if self._last_chance(job):
+                return failed_answer(job, f"recognition failed: {type(exc).__name__}", self.name)
+            await self.data.requests.change_visibility([job.message.receipt], 0)
+            self.in_hand.discard([job.message.receipt])
+            self.stats.released += 1
+            return None
+        return outcome_answer(job, outcome, time.monotonic() - started, self.name)
+
+    async def _process(self, batch: _Batch) -> None:
+        if not batch.jobs:
+            return
+        timings = {**batch.timings, "infer_s": 0.0, "store_s": 0.0, "respond_s": 0.0, "delete_s": 0.0}
+        pairs = list(zip(batch.jobs, batch.images, strict=True))
+        together = [(job, image) for job, image in pairs if not self._suspect(job)]
+        # The most-redelivered (most suspect) last: the others are settled before it can crash the process.
+        alone = sorted(
+            ((job, image) for job, image in pairs if self._suspect(job)), key=lambda pair: pair[0].message.receive_count
+        )
+        if together:
+            started = time.monotonic()
+            try:
+                outcomes = await self._recognize([image for _, image in together])
+            except Exception:
+                log.exception("batch_failed", extra={"worker": self.name, "size": len(together)})
+                alone = together + alone
+            else:
+                inference_s = time.monotonic() - started
+                timings["infer_s"] += inference_s
+                answers = [
+                    outcome_answer(job, outcome, inference_s, self.name)
+                    for (job, _), outcome in zip(together, outcomes, strict=True)
+                ]
+                _accumulate(timings, await self._settle(answers))
+        for job, image in alone:
+            started = time.monotonic()
+            answer = await self._recognize_alone(job, image)
+            timings["infer_s"] += time.monotonic() - started
+            if answer is not None:
+                # Settled one by one: if the next one kills the process, this answer is already out.
+                _accumulate(timings, await self._settle([answer]))
+        self.stats.batches += 1
+        log.info(
+            "batch_done",
+            extra={
+                "worker": self.name,
+                "size": len(batch.jobs),
+                "isolated": len(alone),
+                **{stage: round(seconds, 4) for stage, seconds in timings.items()},
+                **self.stats.snapshot(),
+            },
+        )
+
+    # --- stage 3: store, respond, delete ----------------------------------------------------------
+
+    async def _settle(self, settled: Sequence[Answer | Discard]) -> dict[str, float]:
+        """Store results, send responses, and only then delete the request messages."""
+        answers = [item for item in settled if isinstance(item, Answer)]
+        t0 = time.monotonic()
+        await asyncio.gather(
+            *(
+                self.data.outputs.put(key, body.encode("utf-8"), "text/plain; charset=utf-8")
+                for key, body in (a.output for a in answers if a.output is not None)
+            )
+        )
+        t1 = time.monotonic()
+        if answers:
+            await self.data.responses.send_batch([a.response.to_json() for a in answers])
+        t2 = time.monotonic()
+        for item in settled:
+            if isinstance(item, Discard):
+                log.warning(
+                    "message_discarded",
+                    extra={"worker": self.name, "message_id": item.message.message_id, "reason": item.reason},
+                )
+        receipts = [item.message.receipt for item in settled]
+        await self.data.requests.delete_batch(receipts)
+        self.in_hand.discard(receipts)
+        t3 = time.monotonic()
+        errors = sum(1 for a in answers if a.is_error)
+        self.stats.errors += errors
+        self.stats.processed += len(answers) - errors
+        self.stats.discarded += len(settled) - len(answers)
+        return {"store_s": t1 - t0, "respond_s": t2 - t1, "delete_s": t3 - t2}
+
+
+def _accumulate(timings: dict[str, float], more: dict[str, float]) -> None:
+    for stage, seconds in more.items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

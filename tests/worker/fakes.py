@@ -1,0 +1,117 @@
+"""A fake BatchRecognizer and helpers to build requests: the worker's tests need no model."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from facerec import keys
+from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
+from facerec.messages import RecognitionRequest
+from facerec.ports import DataTier
+from facerec.recognition.results import NO_FACE, FaceResult, ImageInput, ImageRejected, Outcome
+from facerec.settings import Settings
+from tests.conftest import jpeg_bytes
+
+# A solid colour stands for a person; black stands for a photo without a face.
+PEOPLE = {"Paul": (200, 30, 30), "Ana": (30, 200, 30), "Bo": (30, 30, 200)}
+NO_FACE_COLOR = (0, 0, 0)
+POISON = b"POISON: crashes the recognizer"
+HARD_POISON = b"HARD POISON: kills the worker process"
+
+
+def photo_of(name: str) -> bytes:
+    return jpeg_bytes(PEOPLE[name])
+
+
+def faceless_photo() -> bytes:
+    return jpeg_bytes(NO_FACE_COLOR)
+
+
+class FakeRecognizer:
+    """Names a photo by its colour; raises on POISON anywhere in the batch (as a crash would)."""
+
+    def __init__(self, delay_s: float = 0.0, on_batch_start: Callable[[], None] | None = None) -> None:
+        self.delay_s = delay_s
+        self.on_batch_start = on_batch_start
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.started = threading.Event()
+        """Set when the first batch arrives."""
+
+    def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
+        self.batches.append(len(images))
+        self.threads.add(threading.current_thread().name)
+        self.started.set()
+        if self.on_batch_start is not None:
+            self.on_batch_start()
+        if any(image == HARD_POISON for image in images):
+            os._exit(3)  # as a segfault or the OOM killer would: no cleanup, no answer
+        if any(image == POISON for image in images):
+            raise RuntimeError("poisoned batch")
+        time.sleep(self.delay_s * len(images))
+        return [self._one(image) for image in images]
+
+    def _one(self, image: ImageInput) -> Outcome:
+        if isinstance(image, bytes):
+            try:
+                image = Image.open(io.BytesIO(image))
+                image.load()
+            except (UnidentifiedImageError, OSError) as exc:
+                return ImageRejected("not_an_image", f"cannot decode image: {exc}")
+        pixel = image.convert("RGB").getpixel((10, 10))
+        if max(pixel) < 20:
+            return FaceResult(NO_FACE, None, None, None, no_face=True)
+        name, distance = min(
+            (
+                (person, sum((a - b) ** 2 for a, b in zip(color, pixel, strict=True)) ** 0.5)
+                for person, color in PEOPLE.items()
+            ),
+            key=lambda pair: pair[1],
+        )
+        return FaceResult(name, distance / 255, (1.0, 2.0, 30.0, 40.0), 0.99)
+
+
+def process_recognizer(settings: Settings) -> FakeRecognizer:
+    """For `facerec worker --recognizer-factory`: delay per image and a marker file from the environment."""
+    marker = os.environ.get("FAKE_RECOGNIZER_BATCH_FILE")
+    return FakeRecognizer(
+        delay_s=float(os.environ.get("FAKE_RECOGNIZER_DELAY_S", "0")),
+        on_batch_start=(lambda: Path(marker).touch()) if marker else None,
+    )
+
+
+def memory_tier(visibility_timeout: float = 30.0, max_receives: int = 3) -> DataTier:
+    dlq = MemoryQueue("dlq")
+    return DataTier(
+        inputs=MemoryBlobStore("in"),
+        outputs=MemoryBlobStore("out"),
+        requests=MemoryQueue("req", visibility_timeout, max_receives=max_receives, dead_letter=dlq),
+        responses=MemoryQueue("resp"),
+        dead_letters=dlq,
+    )
+
+
+async def submit(
+    data: DataTier, filename: str, image: bytes | None, deadline: float | None = None
+) -> RecognitionRequest:
+    """What the web tier does: store the input (unless None: a missing input) and send the request."""
+    request_id = keys.new_request_id()
+    request = RecognitionRequest(
+        id=request_id,
+        input_key=keys.input_key(filename, request_id),
+        output_key=keys.output_key(filename, request_id),
+        filename=filename,
+        enqueued_at=time.time(),
+        deadline=deadline,
+    )
+    if image is not None:
+        await data.inputs.put(request.input_key, image)
+    await data.requests.send(request.to_json())
+    return request

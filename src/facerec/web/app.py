@@ -1,0 +1,102 @@
+"""`create_app(settings)`: the FastAPI application with its resources opened in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from facerec.ports import DataTier, Fleet, WorkerState
+from facerec.settings import Settings, get_settings
+from facerec.web.api import router
+from facerec.web.errors import install_error_handlers
+from facerec.web.gateway import RecognitionGateway
+from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
+from facerec.web.pending import PendingRequests
+from facerec.web.response_poller import ResponsePoller
+from facerec.web.uploads import MULTIPART_OVERHEAD_BYTES, BodySizeLimit
+
+log = logging.getLogger(__name__)
+
+DataTierFactory = Callable[[Settings], AbstractAsyncContextManager[DataTier]]
+Companion = Callable[[FastAPI, DataTier], AbstractAsyncContextManager[object]]
+"""Something that runs alongside the web tier in this process and shares its data tier (the scaler, or a
+test's fake worker): entered after the poller starts, exited before it stops."""
+
+
+def _default_data_tier(settings: Settings) -> AbstractAsyncContextManager[DataTier]:
+    from facerec.backend import open_data_tier  # imported late: written by another tier, may use aioboto3
+
+    return open_data_tier(settings)
+
+
+def fleet_worker_count(fleet: Fleet) -> Callable[[], Awaitable[int]]:
+    async def count() -> int:
+        return sum(1 for w in await fleet.list() if w.state in (WorkerState.PENDING, WorkerState.RUNNING))
+
+    return count
+
+
+def create_app(
+    settings: Settings | None = None,
+    data_tier_factory: DataTierFactory | None = None,
+    *,
+    fleet: Fleet | None = None,
+    worker_count: WorkerCount | None = None,
+    companions: Sequence[Companion] = (),
+) -> FastAPI:
+    """`app.state.pending.in_flight` is the exact number of requests in flight (for the scaler);
+    `app.state.data` is the open DataTier while the app runs."""
+    settings = settings or get_settings()
+    open_data = data_tier_factory or _default_data_tier
+    pending = PendingRequests()
+    if worker_count is None and fleet is not None:
+        worker_count = fleet_worker_count(fleet)
+    metrics = WebMetrics(pending, worker_count)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            data = await stack.enter_async_context(open_data(settings))
+            poller = ResponsePoller(
+                data.responses,
+                data.dead_letters,
+                pending,
+                pollers=settings.web_response_pollers,
+                wait_s=settings.web_poll_wait_s,
+            )
+            poller.start()
+            stack.push_async_callback(poller.stop)
+            gateway = RecognitionGateway(data, pending, settings)
+            app.state.data, app.state.poller, app.state.gateway = data, poller, gateway
+            for companion in companions:
+                await stack.enter_async_context(companion(app, data))
+            log.info("web_started", extra={"backend": settings.backend, "prefix": settings.prefix})
+            try:
+                yield
+            finally:
+                gateway.accepting = False
+                drained = await pending.wait_idle(settings.shutdown_grace_s)
+                log.info("web_stopping", extra={"drained": drained, "abandoned": pending.in_flight})
+
+    app = FastAPI(
+        title="facerec",
+        summary="Elastic face recognition: photo in, name out.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pending = pending
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(router)
+    # Outermost first: metrics see every status, including the size guard's early 413.
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        file_limit=settings.max_upload_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

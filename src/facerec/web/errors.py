@@ -1,0 +1,69 @@
+"""Client-facing errors: one exception type, rendered as plain text for `POST /` and JSON for `/v1`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An expected failure with the HTTP status and message the client should see."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The JSON error body of every `/v1` endpoint."""
+
+    error: ErrorDetail
+
+
+def wants_json(path: str) -> bool:
+    # The course contract (`POST /`) is plain text; everything versioned speaks JSON.
+    return path.startswith("/v1")
+
+
+def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    if wants_json(path):
+        body = ErrorBody(error=ErrorDetail(code=code, message=message))
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return PlainTextResponse(message, status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(request.url.path, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+    return error_response(request.url.path, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Never show a traceback to the client; the log keeps it.
+    log.exception("unhandled_error", extra={"path": request.url.path, "error_type": type(exc).__name__})
+    return error_response(request.url.path, 500, "internal_error", "internal error; the request was not processed")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

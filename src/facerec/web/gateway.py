@@ -1,0 +1,166 @@
+"""One recognition round trip: store the image, send the request, await its future; every failure becomes
+a ServiceError with the status the client should see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Receive
+
+from facerec import keys
+from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse
+from facerec.ports import DataTier, PortError
+from facerec.settings import Settings
+from facerec.web.errors import ServiceError
+from facerec.web.pending import PendingRequests
+from facerec.web.response_poller import DeadLettered
+from facerec.web.uploads import Upload
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"
+
+# Worker error code -> (HTTP status, what the client is told).
+_WORKER_ERRORS: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.NOT_AN_IMAGE: (415, "the image could not be decoded"),
+    ErrorCode.IMAGE_TOO_LARGE: (413, "the image has too many pixels"),
+    ErrorCode.INPUT_MISSING: (502, "the worker could not find the stored image"),
+    ErrorCode.PROCESSING_FAILED: (502, "processing failed"),
+    ErrorCode.DEAD_LETTERED: (502, "processing failed repeatedly"),
+    ErrorCode.DEADLINE_EXCEEDED: (504, "the request was not processed before its deadline"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    request_id: str
+    stem: str
+    response: RecognitionResponse
+    total_s: float
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away while its request was being processed (nobody reads the 499 answer)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(499, "client_closed_request", f"client disconnected from request {request_id}")
+
+
+class RecognitionGateway:
+    def __init__(self, data: DataTier, pending: PendingRequests, settings: Settings) -> None:
+        self._data = data
+        self._pending = pending
+        self._settings = settings
+        self.accepting = True
+
+    async def recognize(self, upload: Upload, receive: Receive | None = None) -> Answer:
+        """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait."""
+        started = time.perf_counter()
+        self.admit()
+        request_id = keys.new_request_id()
+        # Registered before anything is sent so that even an instant answer finds its future.
+        future = self._pending.register(request_id)
+        try:
+            message = await self._submit(upload, request_id)
+            assert message.deadline is not None
+            response = await self._await_answer(request_id, future, receive, message.deadline - time.time())
+        finally:
+            self._pending.discard(request_id)
+        _raise_worker_error(request_id, response)
+        return Answer(request_id, keys.display_stem(upload.filename), response, time.perf_counter() - started)
+
+    def admit(self) -> None:
+        """Raise 503 when shutting down or over `max_in_flight` (cheap: call it before reading the upload)."""
+        if not self.accepting:
+            raise ServiceError(503, "shutting_down", "the service is shutting down", {"Retry-After": RETRY_AFTER_S})
+        if self._pending.in_flight >= self._settings.max_in_flight:
+            raise ServiceError(
+                503,
+                "overloaded",
+                f"too many requests in flight (limit {self._settings.max_in_flight}); retry shortly",
+                {"Retry-After": RETRY_AFTER_S},
+            )
+
+    async def _submit(self, upload: Upload, request_id: str) -> RecognitionRequest:
+        now = time.time()
+        message = RecognitionRequest(
+            id=request_id,
+            input_key=keys.input_key(upload.filename, request_id),
+            output_key=keys.output_key(upload.filename, request_id),
+            filename=upload.filename,
+            enqueued_at=now,
+            deadline=now + self._settings.request_deadline_s,
+        )
+        try:
+            await self._data.inputs.put(message.input_key, upload.data, upload.content_type)
+        except PortError as exc:
+            raise _unavailable("image store", exc) from None
+        try:
+            await self._data.requests.send(message.to_json())
+        except PortError as exc:
+            with contextlib.suppress(Exception):  # nobody will process it; do not leave an orphan input
+                await self._data.inputs.delete(message.input_key)
+            raise _unavailable("request queue", exc) from None
+        return message
+
+    async def _await_answer(
+        self,
+        request_id: str,
+        future: asyncio.Future[RecognitionResponse],
+        receive: Receive | None,
+        timeout_s: float,
+    ) -> RecognitionResponse:
+        watchers: set[asyncio.Future[Any]] = {future}
+        disconnect = asyncio.create_task(_wait_for_disconnect(receive)) if receive is not None else None
+        if disconnect is not None:
+            watchers.add(disconnect)
+        try:
+            await asyncio.wait(watchers, timeout=max(0.0, timeout_s), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if disconnect is not None:
+                disconnect.cancel()
+        if future.done():
+            try:
+                return future.result()
+            except DeadLettered:
+                raise ServiceError(502, ErrorCode.DEAD_LETTERED, "processing failed repeatedly") from None
+        if disconnect is not None and disconnect.done() and not disconnect.cancelled():
+            log.info("client_disconnected", extra={"request_id": request_id})
+            raise ClientDisconnected(request_id)
+        log.warning("request_deadline_exceeded", extra={"request_id": request_id})
+        raise ServiceError(
+            504,
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"no answer within {self._settings.request_deadline_s:g} s; the workers may be busy or starting",
+        )
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    """Returns when the client disconnects; if the server cannot tell us, keeps waiting (never a false alarm)."""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+    except Exception as exc:
+        log.debug("disconnect_watch_unavailable", extra={"error": str(exc)[:200]})
+    await asyncio.Event().wait()
+
+
+def _unavailable(what: str, exc: PortError) -> ServiceError:
+    log.warning("port_unavailable", extra={"port": what, "error": str(exc)[:200]})
+    return ServiceError(503, "unavailable", f"{what} unavailable; retry shortly", {"Retry-After": RETRY_AFTER_S})
+
+
+def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:
+    if response.error is not None:
+        status, message = _WORKER_ERRORS.get(response.error.code, (502, "processing failed"))
+        log.info("worker_error", extra={"request_id": request_id, "code": str(response.error.code)})
+        raise ServiceError(status, str(response.error.code), message)
+    if response.result is None:
+        raise ServiceError(502, ErrorCode.PROCESSING_FAILED, "the worker sent an empty answer")

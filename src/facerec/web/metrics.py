@@ -1,0 +1,89 @@
+"""Prometheus metrics of one app instance, in its own CollectorRegistry (tests build many apps)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facerec.ports import MessageQueue
+from facerec.web.pending import PendingRequests
+
+log = logging.getLogger(__name__)
+
+WorkerCount = Callable[[], Awaitable[int]]
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Routes worth their own label; anything else is `other` so scanners cannot blow up label cardinality.
+MEASURED_ROUTES = frozenset({"/", "/v1/recognitions"})
+
+
+class WebMetrics:
+    def __init__(self, pending: PendingRequests, worker_count: WorkerCount | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._worker_count = worker_count
+        self.in_flight = Gauge(
+            "facerec_in_flight_requests", "Requests awaiting a worker answer.", registry=self.registry
+        )
+        self.in_flight.set_function(lambda: pending.in_flight)
+        self.latency = Histogram(
+            "facerec_request_latency_seconds",
+            "Recognition request latency, upload to answer.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "facerec_responses", "Recognition responses by status.", ["route", "status"], registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "facerec_request_queue_depth", "Request queue messages, visible plus in flight.", registry=self.registry
+        )
+        self.workers = Gauge("facerec_workers", "App-tier workers pending or running.", registry=self.registry)
+
+    async def render(self, request_queue: MessageQueue, timeout_s: float = 2.0) -> bytes:
+        """The exposition text, with the queue depth and worker count read now (NaN when unreadable)."""
+        try:
+            stats = await asyncio.wait_for(request_queue.stats(), timeout_s)
+            self.queue_depth.set(stats.visible + stats.in_flight)
+        except Exception as exc:
+            self.queue_depth.set(float("nan"))
+            log.warning("metrics_queue_stats_failed", extra={"error": str(exc)[:200]})
+        if self._worker_count is not None:
+            try:
+                self.workers.set(await asyncio.wait_for(self._worker_count(), timeout_s))
+            except Exception as exc:
+                self.workers.set(float("nan"))
+                log.warning("metrics_worker_count_failed", extra={"error": str(exc)[:200]})
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Latency and status of every recognition request, including those answered by error handlers."""
+
+    def __init__(self, app: ASGIApp, metrics: WebMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in MEASURED_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"]
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.responses.labels(route, str(status)).inc()

@@ -1,0 +1,106 @@
+"""Reading the uploaded image: a body-size guard that never buffers an oversized body, the multipart field,
+and content sniffing by magic bytes (the client's filename and Content-Type are not trusted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facerec.web.errors import ServiceError, error_response
+
+UPLOAD_FIELD = "inputFile"
+# Multipart framing (boundaries, part headers) on top of the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The image MIME type from the first bytes, or None when it is none of JPEG/PNG/WebP/BMP/GIF/TIFF."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str
+    data: bytes
+    content_type: str
+
+
+def too_large(limit: int) -> ServiceError:
+    return ServiceError(413, "image_too_large", f"upload larger than the limit of {limit} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a POST body over `max_body_bytes` from its Content-Length before reading it,
+    and count bytes while streaming so a chunked or lying client is cut off at the limit too."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, file_limit: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.file_limit = file_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            error = too_large(self.file_limit)
+            response = error_response(scope["path"], error.status, error.code, error.message, {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large(self.file_limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+async def read_upload(request: Request, max_bytes: int, field: str = UPLOAD_FIELD) -> Upload:
+    """The image in multipart field `field`; raises ServiceError 400/413/415/422."""
+    try:
+        async with request.form(max_files=8, max_fields=32) as form:
+            part = form.get(field)
+            if not isinstance(part, UploadFile):
+                others = ", ".join(sorted(str(k) for k in form)) or "none"
+                raise ServiceError(
+                    422,
+                    "missing_field",
+                    f"expected an image file in multipart form field '{field}' (received fields: {others})",
+                )
+            data = await part.read(max_bytes + 1)
+            filename = part.filename or ""
+    except StarletteHTTPException as exc:  # malformed multipart
+        raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
+    if not data:
+        raise ServiceError(400, "empty_file", f"the file in '{field}' is empty")
+    content_type = sniff_image_type(data)
+    if content_type is None:
+        raise ServiceError(
+            415, "not_an_image", "the upload is not a JPEG, PNG, WebP, BMP, GIF or TIFF image (by its content)"
+        )
+    return Upload(filename=filename, data=data, content_type=content_type)

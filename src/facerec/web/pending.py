@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 from facerec.messages import RecognitionResponse
 
 
 class PendingRequests:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._futures: dict[str, asyncio.Future[RecognitionResponse]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._clock = clock
+        self._listeners: list[Callable[[], None]] = []
+        self.last_answer_by_worker: dict[str, float] = {}
+        """Worker name -> when (clock time) it last answered one of our requests: scale-in stops the idlest."""
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever a request is registered (the scaler wakes at once, not at its next tick)."""
+        self._listeners.append(listener)
 
     @property
     def in_flight(self) -> int:
@@ -30,11 +40,15 @@ class PendingRequests:
         future: asyncio.Future[RecognitionResponse] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
         self._idle.clear()
+        for listener in self._listeners:
+            listener()
         return future
 
     def resolve(self, response: RecognitionResponse) -> bool:
         """Hand a worker's answer to its waiter. False for an unknown id (late, or after a restart) or a
         duplicate delivery: the caller acknowledges and drops those."""
+        if response.worker:
+            self.last_answer_by_worker[response.worker] = self._clock()
         future = self._futures.get(response.id)
         if future is None or future.done():
             return False

@@ -1,0 +1,84 @@
+"""The scaler as a web-tier companion: it runs in the web process, reads the exact in-flight count from the
+web tier's futures registry and applies the policy through a Fleet opened for the app's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+
+from facerec.ports import DataTier, Fleet, WorkerState
+from facerec.scaler.loop import Scaler
+from facerec.scaler.policy import ScalingConfig
+from facerec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FleetOpener = Callable[[Settings], AbstractAsyncContextManager[Fleet]]
+
+
+def scaling_config(settings: Settings) -> ScalingConfig:
+    max_workers = settings.max_workers if settings.max_workers is not None else 1
+    return ScalingConfig(
+        min_workers=min(settings.min_workers, max_workers),
+        max_workers=max_workers,
+        target_in_flight_per_worker=settings.target_in_flight_per_worker,
+    )
+
+
+def _default_fleet_opener(settings: Settings) -> AbstractAsyncContextManager[Fleet]:
+    from facerec.fleets import open_fleet
+
+    return open_fleet(settings)
+
+
+class ScalerService:
+    """`create_app(..., worker_count=service.worker_count, companions=[service.companion])`.
+
+    The fleet is opened when the app starts and closed (workers stopped) when it stops, after the web tier
+    has drained its in-flight requests.
+    """
+
+    def __init__(self, settings: Settings, open_fleet: FleetOpener | None = None) -> None:
+        self.settings = settings
+        self._open_fleet = open_fleet or _default_fleet_opener
+        self.fleet: Fleet | None = None
+        self.scaler: Scaler | None = None
+
+    async def worker_count(self) -> int:
+        """Workers running or starting, for /metrics (0 before the fleet is open)."""
+        if self.fleet is None:
+            return 0
+        workers = await self.fleet.list()
+        return sum(1 for w in workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING))
+
+    @asynccontextmanager
+    async def companion(self, app: FastAPI, data: DataTier) -> AsyncIterator[Scaler]:
+        pending = app.state.pending
+        async with self._open_fleet(self.settings) as fleet:
+            scaler = Scaler(
+                fleet,
+                scaling_config(self.settings),
+                lambda: pending.in_flight,
+                request_queue=data.requests,
+                last_active=lambda: pending.last_answer_by_worker,
+                scale_in_grace_s=self.settings.scale_in_grace_s,
+                interval_s=self.settings.scaler_interval_s,
+            )
+            pending.add_listener(scaler.notify)
+            self.fleet, self.scaler = fleet, scaler
+            app.state.scaler = scaler
+            task = asyncio.create_task(scaler.run(), name="facerec-scaler")
+            log.info("scaler_started", extra={"max_workers": scaler.config.max_workers})
+            try:
+                yield scaler
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self.fleet = None
+                log.info("scaler_stopped")

@@ -1,0 +1,129 @@
+"""`facerec aws provision|teardown|status|policy`: set up and inspect one deployment's AWS resources."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from facerec.logs import configure_logging
+from facerec.settings import Settings
+
+_common = [
+    click.option("--prefix", help="Resource name prefix (default: settings)."),
+    click.option("--region", "aws_region", help="AWS region (default: settings)."),
+    click.option("--endpoint-url", "aws_endpoint_url", help="Another S3/SQS/EC2 endpoint (moto, LocalStack)."),
+]
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_common):
+        command = option(command)
+    return command
+
+
+def settings_from(overrides: dict[str, Any]) -> Settings:
+    return Settings(backend="aws", **{key: value for key, value in overrides.items() if value is not None})
+
+
+def run_and_print(settings: Settings, job: Callable[[Any], Awaitable[list[Any]]]) -> None:
+    from facerec.adapters.aws_session import AwsClients
+
+    async def main() -> list[Any]:
+        async with AwsClients(settings) as aws:
+            return await job(aws)
+
+    for action in asyncio.run(main()):
+        click.echo(str(action))
+
+
+@click.group()
+def aws() -> None:
+    """Provision, inspect and remove the AWS resources of one deployment (named by its prefix)."""
+    configure_logging("WARNING")
+
+
+@aws.command()
+@common_options
+@click.option("--pool", type=click.IntRange(0, 99), default=0, help="Create app-tier-instance-1..N, stopped.")
+@click.option("--ami", help="AMI of the app-tier instances (required with --pool; default: settings).")
+@click.option("--instance-type", help="Default: settings (t3.micro).")
+@click.option("--instance-profile", help="IAM instance profile name of the workers (default: settings).")
+@click.option(
+    "--user-data",
+    "user_data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="User data template (default: deploy/aws/worker-user-data.sh).",
+)
+def provision(
+    pool: int,
+    ami: str | None,
+    instance_type: str | None,
+    instance_profile: str | None,
+    user_data_path: Path | None,
+    **overrides: Any,
+) -> None:
+    """Create the buckets, the queues (request queue redriving to the DLQ) and optionally the stopped pool.
+    Idempotent: what exists is reported and left alone (queue attributes are brought to the settings)."""
+    from facerec import provision as steps
+
+    settings = settings_from(overrides)
+    spec = None
+    if pool:
+        ami = ami or settings.aws_ami_id
+        if not ami:
+            raise click.UsageError("--pool needs --ami (or FACEREC_AWS_AMI_ID)")
+        spec = steps.PoolSpec(
+            size=pool,
+            ami=ami,
+            instance_type=instance_type or settings.aws_instance_type,
+            instance_profile=instance_profile or settings.aws_instance_profile,
+            user_data=steps.render_user_data(settings, user_data_path or steps.USER_DATA),
+        )
+    run_and_print(settings, lambda clients: steps.provision(clients, settings, spec))
+
+
+@aws.command()
+@common_options
+@click.option("--yes", is_flag=True, help="Really delete (without it, only show what would go).")
+def teardown(yes: bool, **overrides: Any) -> None:
+    """Terminate the app-tier instances, delete the queues, empty and delete the buckets."""
+    from facerec import provision as steps
+
+    settings = settings_from(overrides)
+    if not yes:
+        click.echo("Would remove (pass --yes to do it):")
+        run_and_print(settings, lambda clients: steps.status(clients, settings))
+        raise SystemExit(1)
+    run_and_print(settings, lambda clients: steps.teardown(clients, settings))
+
+
+@aws.command()
+@common_options
+def status(**overrides: Any) -> None:
+    """Buckets with object counts, queues with message counts, app-tier instances with their state."""
+    from facerec import provision as steps
+
+    settings = settings_from(overrides)
+    run_and_print(settings, lambda clients: steps.status(clients, settings))
+
+
+@aws.command()
+@common_options
+@click.argument("role", type=click.Choice(["web", "worker"]))
+@click.option("--account", required=True, help="The 12-digit AWS account id.")
+@click.option("--fleet-mode", type=click.Choice(["pool", "run"]), help="Default: settings.")
+def policy(role: str, account: str, fleet_mode: str | None, **overrides: Any) -> None:
+    """Print the least-privilege IAM policy of the web or worker role for this deployment."""
+    from facerec.provision import render_policy
+
+    settings = settings_from({**overrides, "fleet_mode": fleet_mode})
+    try:
+        document = render_policy(role, settings, account)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--account") from exc
+    click.echo(json.dumps(document, indent=2))

@@ -1,0 +1,360 @@
+"""Idempotent AWS setup for one deployment: buckets, queues (with the DLQ redrive), the stopped app-tier
+pool, and rendering of the IAM policies and worker user data in `deploy/`.
+
+Every step reads before it writes, so running `provision` twice changes nothing the second time; each
+returns `Action`s saying what it found or did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from facerec.adapters.aws_session import AwsClients
+from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+"""The repository's deploy/ folder (present in a source checkout or an editable install)."""
+POLICIES = {"web": DEPLOY_DIR / "iam" / "web-policy.json", "worker": DEPLOY_DIR / "iam" / "worker-policy.json"}
+USER_DATA = DEPLOY_DIR / "aws" / "worker-user-data.sh"
+
+DLQ_RETENTION_S = 14 * 24 * 3600  # the SQS maximum: dead letters are kept for inspection
+_MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+_MISSING_BUCKET = {"404", "NoSuchBucket", "NotFound"}
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+# Settings a worker instance needs besides those the systemd unit sets; written to /etc/facerec/facerec.env.
+_WORKER_SETTINGS = (
+    "prefix",
+    "aws_region",
+    "visibility_timeout_s",
+    "max_receives",
+    "message_max_bytes",
+    "weights",
+    "crop_size",
+    "margin",
+    "min_face_size",
+    "unknown_threshold",
+    "gallery",
+    "course_gallery_made_with",
+    "batch_max",
+    "batch_fill_wait_ms",
+    "shutdown_grace_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str
+    """bucket, queue, instance."""
+    name: str
+    outcome: str
+    """created, updated, exists, deleted, terminated, absent, or (status) the resource's state."""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.outcome:<10} {self.kind:<8} {self.name}" + (f"  ({self.detail})" if self.detail else "")
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Replace `${name}` for the names in `values`; anything else (shell or IAM variables such as
+    `${aws:username}`) stays. Raises KeyError for a lowercase placeholder with no value."""
+
+    def substitute(match: re.Match[str]) -> str:
+        return values[match.group(1)]
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def policy_values(settings: Settings, account: str) -> dict[str, str]:
+    gallery = settings.gallery or ""
+    return {
+        "prefix": settings.prefix,
+        "region": settings.aws_region,
+        "account": account,
+        "gallery_key": gallery.removeprefix("blob:") if gallery.startswith("blob:") else "",
+    }
+
+
+def render_policy(role: str, settings: Settings, account: str) -> dict[str, Any]:
+    """The IAM policy document for `role` (`web` or `worker`) of this deployment.
+
+    Statements only one configuration needs are dropped otherwise: `RunMode*` in pool mode, and the gallery
+    read when the gallery is not a blob (a file baked into the worker AMI)."""
+    if not re.fullmatch(r"\d{12}", account):
+        raise ValueError(f"not an AWS account id: {account!r}")
+    document = json.loads(render_template(POLICIES[role].read_text(), policy_values(settings, account)))
+    keep = []
+    for statement in document["Statement"]:
+        sid = statement.get("Sid", "")
+        if sid.startswith("RunMode") and settings.fleet_mode != "run":
+            continue
+        if sid == "ReadGallery" and not policy_values(settings, account)["gallery_key"]:
+            continue
+        keep.append(statement)
+    document["Statement"] = keep
+    return document
+
+
+def worker_environment(settings: Settings) -> str:
+    """The settings file of a worker instance (systemd EnvironmentFile syntax). No credentials: the
+    instance profile provides them."""
+    lines = []
+    for key in _WORKER_SETTINGS:
+        value = getattr(settings, key)
+        if value is None:
+            continue
+        text = str(value)
+        if "\n" in text or '"' in text:
+            raise ValueError(f"setting {key} cannot go into an environment file: {text!r}")
+        lines.append(f'FACEREC_{key.upper()}="{text}"')
+    return "\n".join(lines)
+
+
+def render_user_data(settings: Settings, template: Path = USER_DATA) -> str:
+    return render_template(template.read_text(), {"environment": worker_environment(settings)})
+
+
+# --- buckets and queues ---------------------------------------------------------------------------
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def bucket_exists(s3: Any, name: str) -> bool:
+    try:
+        await s3.head_bucket(Bucket=name)
+    except ClientError as exc:
+        if _code(exc) in _MISSING_BUCKET:
+            return False
+        raise  # 403: the name belongs to someone else, which provisioning cannot fix
+    return True
+
+
+async def ensure_bucket(s3: Any, name: str, region: str) -> Action:
+    if await bucket_exists(s3, name):
+        return Action("bucket", name, "exists")
+    kwargs: dict[str, Any] = {"Bucket": name}
+    if region != "us-east-1":  # S3 rejects an explicit us-east-1 location
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    await s3.create_bucket(**kwargs)
+    await s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    return Action("bucket", name, "created")
+
+
+async def queue_url(sqs: Any, name: str) -> str | None:
+    try:
+        return (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+    except ClientError as exc:
+        if _code(exc) in _MISSING_QUEUE:
+            return None
+        raise
+
+
+def _normalised(key: str, value: str) -> Any:
+    if key == "RedrivePolicy":
+        policy = json.loads(value)
+        return (policy.get("deadLetterTargetArn"), int(policy.get("maxReceiveCount", 0)))
+    return value
+
+
+async def ensure_queue(sqs: Any, name: str, attributes: Mapping[str, str]) -> tuple[Action, str]:
+    """Create the queue, or bring the attributes we manage to `attributes`. Returns the action and URL."""
+    url = await queue_url(sqs, name)
+    if url is None:
+        url = (await sqs.create_queue(QueueName=name, Attributes=dict(attributes)))["QueueUrl"]
+        return Action("queue", name, "created"), url
+    current = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])).get("Attributes", {})
+    changed = {
+        key: value
+        for key, value in attributes.items()
+        if key not in current or _normalised(key, current[key]) != _normalised(key, value)
+    }
+    if not changed:
+        return Action("queue", name, "exists"), url
+    await sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)
+    return Action("queue", name, "updated", ", ".join(sorted(changed))), url
+
+
+def request_queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]:
+    return {
+        "MaximumMessageSize": str(settings.message_max_bytes),
+        "VisibilityTimeout": str(math.ceil(settings.visibility_timeout_s)),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receives}),
+    }
+
+
+async def ensure_queues(sqs: Any, settings: Settings) -> list[Action]:
+    dlq_action, dlq_url = await ensure_queue(sqs, settings.dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_S)})
+    attributes = await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    dlq_arn = attributes["Attributes"]["QueueArn"]
+    req_action, _ = await ensure_queue(sqs, settings.req_queue, request_queue_attributes(settings, dlq_arn))
+    resp_action, _ = await ensure_queue(sqs, settings.resp_queue, {})
+    return [dlq_action, req_action, resp_action]
+
+
+# --- the app-tier pool ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    size: int
+    ami: str
+    instance_type: str = "t3.micro"
+    instance_profile: str | None = None
+    user_data: str = ""
+
+
+async def ensure_pool(ec2: Any, settings: Settings, spec: PoolSpec) -> list[Action]:
+    """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones) and then
+    stopped once running; existing ones are left as they are."""
+    if not 0 <= spec.size <= 99:
+        raise ValueError("pool size must be between 0 and 99")
+    existing = {
+        name_number(tag_value(i, "Name") or ""): i
+        for i in await describe_fleet(ec2, settings.prefix)
+        if i["State"]["Name"] not in ("shutting-down", "terminated")
+    }
+    actions = [
+        Action(
+            "instance", f"{NAME_PREFIX}{n}", "exists", f"{existing[n]['InstanceId']}, {existing[n]['State']['Name']}"
+        )
+        for n in sorted(k for k in existing if k is not None and k <= spec.size)
+    ]
+    missing = [n for n in range(1, spec.size + 1) if n not in existing]
+    if not missing:
+        return actions
+    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n) for n in missing))
+    ids = [instance_id for instance_id, _ in created]
+    await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
+    await ec2.stop_instances(InstanceIds=ids)
+    actions += [Action("instance", name, "created", f"{instance_id}, stopping") for instance_id, name in created]
+    return actions
+
+
+async def _run_pool_instance(ec2: Any, settings: Settings, spec: PoolSpec, number: int) -> tuple[str, str]:
+    name = f"{NAME_PREFIX}{number}"
+    kwargs: dict[str, Any] = {
+        "ImageId": spec.ami,
+        "InstanceType": spec.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": spec.user_data,
+        # An OS-level shutdown stops the instance (it stays in the pool) rather than terminating it.
+        "InstanceInitiatedShutdownBehavior": "stop",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": instance_tags(name, settings.prefix)},
+            {"ResourceType": "volume", "Tags": instance_tags(name, settings.prefix)},
+        ],
+    }
+    if spec.instance_profile:
+        kwargs["IamInstanceProfile"] = {"Name": spec.instance_profile}
+    reply = await ec2.run_instances(**kwargs)
+    return reply["Instances"][0]["InstanceId"], name
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+async def provision(aws: AwsClients, settings: Settings, pool: PoolSpec | None = None) -> list[Action]:
+    s3 = await aws.s3()
+    actions = [await ensure_bucket(s3, name, settings.aws_region) for name in (settings.in_bucket, settings.out_bucket)]
+    actions += await ensure_queues(await aws.sqs(), settings)
+    if pool is not None:
+        actions += await ensure_pool(await aws.ec2(), settings, pool)
+    for action in actions:
+        log.info("provisioned", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
+    return actions
+
+
+async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
+    """Terminate the app tier, delete the queues, empty and delete the buckets."""
+    actions: list[Action] = []
+    ec2 = await aws.ec2()
+    alive = [i for i in await describe_fleet(ec2, settings.prefix) if i["State"]["Name"] != "terminated"]
+    if alive:
+        await ec2.terminate_instances(InstanceIds=[i["InstanceId"] for i in alive])
+    actions += [Action("instance", tag_value(i, "Name") or "", "terminated", i["InstanceId"]) for i in alive]
+    sqs = await aws.sqs()
+    for name in (settings.req_queue, settings.resp_queue, settings.dlq):
+        url = await queue_url(sqs, name)
+        if url is not None:
+            await sqs.delete_queue(QueueUrl=url)
+        actions.append(Action("queue", name, "deleted" if url else "absent"))
+    s3 = await aws.s3()
+    for name in (settings.in_bucket, settings.out_bucket):
+        if not await bucket_exists(s3, name):
+            actions.append(Action("bucket", name, "absent"))
+            continue
+        removed = await _empty_bucket(s3, name)
+        await s3.delete_bucket(Bucket=name)
+        actions.append(Action("bucket", name, "deleted", f"{removed} objects"))
+    for action in actions:
+        log.info("torn_down", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
+    return actions
+
+
+async def _empty_bucket(s3: Any, name: str) -> int:
+    removed = 0
+    kwargs: dict[str, Any] = {"Bucket": name, "MaxKeys": 1000}
+    while True:
+        page = await s3.list_objects_v2(**kwargs)
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            await s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+            removed += len(keys)
+        if not page.get("IsTruncated"):
+            return removed
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+async def status(aws: AwsClients, settings: Settings) -> list[Action]:
+    """What exists now: buckets with object counts, queues with message counts, app-tier instances."""
+    actions: list[Action] = []
+    s3 = await aws.s3()
+    for name in (settings.in_bucket, settings.out_bucket):
+        if not await bucket_exists(s3, name):
+            actions.append(Action("bucket", name, "absent"))
+            continue
+        page = await s3.list_objects_v2(Bucket=name, MaxKeys=1000)
+        count = f"{page.get('KeyCount', 0)}{'+' if page.get('IsTruncated') else ''} objects"
+        actions.append(Action("bucket", name, "exists", count))
+    sqs = await aws.sqs()
+    for name in (settings.req_queue, settings.resp_queue, settings.dlq):
+        url = await queue_url(sqs, name)
+        if url is None:
+            actions.append(Action("queue", name, "absent"))
+            continue
+        wanted = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
+        detail = f"{found.get(wanted[0], '?')} visible, {found.get(wanted[1], '?')} in flight"
+        actions.append(Action("queue", name, "exists", detail))
+    instances = await describe_fleet(await aws.ec2(), settings.prefix)
+    for instance in sorted(instances, key=lambda i: name_number(tag_value(i, "Name") or "") or 0):
+        name = tag_value(instance, "Name") or ""
+        actions.append(Action("instance", name, instance["State"]["Name"], instance["InstanceId"]))
+    return actions

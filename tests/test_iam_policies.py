@@ -1,0 +1,154 @@
+"""The IAM policies in deploy/iam: parse once rendered, least privilege, only this deployment's resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from facerec.cli import main
+from facerec.provision import POLICIES, render_policy
+from facerec.settings import Settings
+
+ACCOUNT = "123456789012"
+REGION = "eu-central-1"
+PREFIX = "cse546-demo"
+
+# The only actions each role may have; anything else is a privilege nobody asked for.
+WEB_ACTIONS = {
+    "s3:PutObject",
+    "s3:GetObject",
+    "s3:ListBucket",
+    "sqs:SendMessage",
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+    "ec2:DescribeInstances",
+    "ec2:StartInstances",
+    "ec2:StopInstances",
+}
+RUN_MODE_ACTIONS = {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "iam:PassRole"}
+WORKER_ACTIONS = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+    "sqs:SendMessage",
+}
+# ARN patterns AWS itself forces to be wide; each is allowed only under a condition (checked below).
+CONDITIONED_WILDCARDS = {
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*",
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/*",
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/*",
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:network-interface/*",
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/*",
+    f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/*",
+    f"arn:aws:ec2:{REGION}::image/*",
+}
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(backend="aws", prefix=PREFIX, aws_region=REGION, **overrides)
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    assert document["Version"] == "2012-10-17"
+    return document["Statement"]
+
+
+def actions(document: dict[str, Any]) -> set[str]:
+    return {action for s in statements(document) for action in as_list(s["Action"])}
+
+
+def check_resources(document: dict[str, Any]) -> None:
+    for statement in statements(document):
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement and "NotResource" not in statement
+        for resource in as_list(statement["Resource"]):
+            if resource == "*":
+                # Only Describe calls, which AWS cannot scope to resources.
+                assert as_list(statement["Action"]) == ["ec2:DescribeInstances"], statement
+            elif resource in CONDITIONED_WILDCARDS:
+                assert statement.get("Condition"), statement
+            else:
+                assert "*" not in resource.replace(f"{PREFIX}-in-bucket/*", "").replace(f"{PREFIX}-out-bucket/*", ""), (
+                    resource
+                )
+                assert PREFIX in resource, resource
+                assert resource.startswith(("arn:aws:s3:::", f"arn:aws:sqs:{REGION}:{ACCOUNT}:", "arn:aws:iam::"))
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+@pytest.mark.parametrize("mode", ["pool", "run"])
+def test_rendered_policies_parse_and_stay_in_scope(role: str, mode: str) -> None:
+    document = render_policy(role, settings(fleet_mode=mode, gallery="blob:gallery.pt"), ACCOUNT)
+    assert "${" not in json.dumps(document)
+    assert not any("*" in action for action in actions(document))
+    check_resources(document)
+
+
+def test_web_policy_actions() -> None:
+    assert actions(render_policy("web", settings(), ACCOUNT)) == WEB_ACTIONS
+    assert actions(render_policy("web", settings(fleet_mode="run"), ACCOUNT)) == WEB_ACTIONS | RUN_MODE_ACTIONS
+
+
+def test_web_policy_touches_only_tagged_app_tier_instances() -> None:
+    for statement in statements(render_policy("web", settings(fleet_mode="run"), ACCOUNT)):
+        instance_actions = {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
+        if set(as_list(statement["Action"])) & instance_actions:
+            condition = statement["Condition"]
+            assert condition["StringEquals"] == {"aws:ResourceTag/facerec:prefix": PREFIX}
+            assert condition["StringLike"] == {"aws:ResourceTag/Name": "app-tier-instance-*"}
+        if "ec2:RunInstances" in as_list(statement["Action"]) and any(
+            r.endswith(":instance/*") for r in as_list(statement["Resource"])
+        ):
+            assert statement["Condition"]["StringEquals"] == {"aws:RequestTag/facerec:prefix": PREFIX}
+
+
+def test_worker_policy_splits_reads_and_writes() -> None:
+    document = render_policy("worker", settings(gallery="blob:galleries/casia.pt"), ACCOUNT)
+    assert actions(document) == WORKER_ACTIONS
+    grants = {(a, r) for s in statements(document) for a in as_list(s["Action"]) for r in as_list(s["Resource"])}
+    assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") in grants
+    assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-out-bucket/*") in grants
+    assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-out-bucket/galleries/casia.pt") in grants
+    assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") not in grants
+    assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-resp-queue") in grants
+    assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-req-queue") not in grants
+    assert not any("dlq" in r for _, r in grants)
+
+
+def test_gallery_grant_only_for_a_blob_gallery() -> None:
+    document = render_policy("worker", settings(gallery="/opt/facerec/gallery.pt"), ACCOUNT)
+    assert not any(s["Sid"] == "ReadGallery" for s in statements(document))
+
+
+def test_templates_are_json_with_placeholders() -> None:
+    for path in POLICIES.values():
+        text = path.read_text()
+        json.loads(text)
+        assert "${prefix}" in text and "${account}" in text
+
+
+def test_account_is_validated() -> None:
+    with pytest.raises(ValueError, match="account"):
+        render_policy("web", settings(), "12345")
+
+
+def test_policy_command_prints_the_document() -> None:
+    result = CliRunner().invoke(
+        main, ["aws", "policy", "worker", "--account", ACCOUNT, "--prefix", PREFIX, "--region", REGION]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == render_policy("worker", settings(), ACCOUNT)

@@ -1,0 +1,166 @@
+"""`facerec aws provision|teardown|status` against moto's server: idempotent, complete, reversible."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from click.testing import CliRunner
+from moto.server import ThreadedMotoServer
+
+from facerec.cli import main
+from facerec.provision import USER_DATA, render_template, render_user_data, worker_environment
+from facerec.settings import Settings
+
+REGION = "us-east-1"
+PREFIX = "prov-test"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A reset moto server and dummy credentials (never real ones) for one test."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
+    return moto_endpoint
+
+
+def client(service: str, endpoint: str) -> Any:
+    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+
+
+def cli(endpoint: str, *args: str) -> str:
+    result = CliRunner().invoke(
+        main, ["aws", args[0], "--prefix", PREFIX, "--region", REGION, "--endpoint-url", endpoint, *args[1:]]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def image_id(endpoint: str) -> str:
+    images = client("ec2", endpoint).describe_images(
+        Filters=[{"Name": "architecture", "Values": ["x86_64"]}], Owners=["amazon"]
+    )
+    return images["Images"][0]["ImageId"]
+
+
+def app_tier(endpoint: str) -> dict[str, tuple[str, str]]:
+    """Name -> (id, state) of this prefix's non-terminated app-tier instances."""
+    reply = client("ec2", endpoint).describe_instances(Filters=[{"Name": "tag:facerec:prefix", "Values": [PREFIX]}])
+    found = {}
+    for instance in (i for r in reply["Reservations"] for i in r["Instances"]):
+        if instance["State"]["Name"] != "terminated":
+            name = next(t["Value"] for t in instance["Tags"] if t["Key"] == "Name")
+            found[name] = (instance["InstanceId"], instance["State"]["Name"])
+    return found
+
+
+def test_provision_creates_everything_once(endpoint: str) -> None:
+    first = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
+    assert first.count("created") == 2 + 3 + 3, first
+    sqs = client("sqs", endpoint)
+    req_url = sqs.get_queue_url(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=req_url, AttributeNames=["All"])["Attributes"]
+    assert attributes["MaximumMessageSize"] == "1024"
+    assert attributes["VisibilityTimeout"] == "30"
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(f":{PREFIX}-req-dlq")
+    assert int(redrive["maxReceiveCount"]) == 3
+    sqs.get_queue_url(QueueName=f"{PREFIX}-resp-queue")
+    buckets = {b["Name"] for b in client("s3", endpoint).list_buckets()["Buckets"]}
+    assert {f"{PREFIX}-in-bucket", f"{PREFIX}-out-bucket"} <= buckets
+    pool = app_tier(endpoint)
+    assert sorted(pool) == [f"app-tier-instance-{n}" for n in (1, 2, 3)]
+    assert {state for _, state in pool.values()} <= {"stopping", "stopped"}
+    user_data = client("ec2", endpoint).describe_instance_attribute(
+        InstanceId=pool["app-tier-instance-1"][0], Attribute="userData"
+    )
+    assert f'FACEREC_PREFIX="{PREFIX}"' in base64.b64decode(user_data["UserData"]["Value"]).decode()
+
+    second = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
+    assert "created" not in second and "updated" not in second
+    assert second.count("exists") == 8
+    assert app_tier(endpoint) == pool
+    # Growing the pool adds only the missing instance.
+    third = cli(endpoint, "provision", "--pool", "4", "--ami", image_id(endpoint))
+    assert third.count("created") == 1 and "app-tier-instance-4" in third
+
+
+def test_provision_brings_queue_attributes_to_the_settings(endpoint: str) -> None:
+    cli(endpoint, "provision")
+    sqs = client("sqs", endpoint)
+    req_url = sqs.get_queue_url(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=req_url, Attributes={"VisibilityTimeout": "5"})
+    output = cli(endpoint, "provision")
+    assert "updated" in output and "VisibilityTimeout" in output
+    attributes = sqs.get_queue_attributes(QueueUrl=req_url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "30"
+
+
+def test_status_and_teardown(endpoint: str) -> None:
+    cli(endpoint, "provision", "--pool", "2", "--ami", image_id(endpoint))
+    client("s3", endpoint).put_object(Bucket=f"{PREFIX}-in-bucket", Key="test_00.jpg", Body=b"x")
+    status = cli(endpoint, "status")
+    assert f"{PREFIX}-in-bucket  (1 objects)" in status
+    assert "app-tier-instance-2" in status
+
+    refused = CliRunner().invoke(main, ["aws", "teardown", "--prefix", PREFIX, "--endpoint-url", endpoint])
+    assert refused.exit_code == 1 and "--yes" in refused.output
+    assert len(app_tier(endpoint)) == 2
+
+    removed = cli(endpoint, "teardown", "--yes")
+    assert removed.count("deleted") == 5 and removed.count("terminated") == 2
+    assert {state for _, state in app_tier(endpoint).values()} <= {"shutting-down"}
+    assert not [b for b in client("s3", endpoint).list_buckets()["Buckets"] if b["Name"].startswith(PREFIX)]
+    again = cli(endpoint, "teardown", "--yes")
+    assert again.count("absent") == 5 and "deleted" not in again
+
+
+def test_pool_needs_an_ami(endpoint: str) -> None:
+    result = CliRunner().invoke(main, ["aws", "provision", "--pool", "2", "--endpoint-url", endpoint])
+    assert result.exit_code == 2 and "--ami" in result.output
+
+
+def test_user_data_carries_settings_not_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    settings = Settings(backend="aws", prefix="abc", gallery="blob:gallery/casia.pt", aws_region="eu-west-1")
+    script = render_user_data(settings)
+    assert script.startswith("#!/bin/bash")
+    assert 'FACEREC_PREFIX="abc"' in script
+    assert 'FACEREC_AWS_REGION="eu-west-1"' in script
+    assert 'FACEREC_GALLERY="blob:gallery/casia.pt"' in script
+    assert "do-not-leak" not in script and "SECRET" not in script
+    assert "${environment}" in USER_DATA.read_text()
+    assert "${" not in script.replace("${environment}", "")
+
+
+def test_worker_environment_rejects_values_that_break_the_file() -> None:
+    with pytest.raises(ValueError, match="gallery"):
+        worker_environment(Settings(gallery="a\nFACEREC_PREFIX=evil"))
+
+
+def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:
+    assert render_template("${prefix}-x ${aws:username} $HOME", {"prefix": "p"}) == "p-x ${aws:username} $HOME"
+    with pytest.raises(KeyError):
+        render_template("${unknown}", {})

@@ -69,7 +69,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in MEASURED_ROUTES:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in MEASURED_ROUTES:
             await self.app(scope, receive, send)
             return
         route = scope["path"]

@@ -1,0 +1,327 @@
+// The facerec page: recognize a photo (POST /v1/recognitions) and manage enrolled people (/v1/people).
+// Plain browser JavaScript, no build step, no third-party code: everything is served by the app itself.
+"use strict";
+
+const RECOGNIZE_FAILURES = {
+  400: "That file is empty or did not arrive complete. Please choose it again.",
+  413: "That photo is too large. Please choose a smaller one.",
+  415: "That file is not an image we can read.",
+  422: "Please choose a photo first.",
+  502: "The service could not process that photo. Please try another one.",
+  503: "The service is busy right now. Please try again in a moment.",
+  504: "That took too long. Please try again.",
+};
+
+const ENROLL_FAILURES = {
+  413: "Those photos are too large to send together. Try fewer or smaller photos.",
+  415: "One of those files is not an image we can read.",
+  503: "The service is busy right now. Please try again in a moment.",
+  504: "That took too long. Please try again.",
+};
+
+const UNREACHABLE = "Could not reach the service. Check your connection and try again.";
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(element, message, kind = "info") {
+  element.textContent = message;
+  element.dataset.kind = kind;
+}
+
+function formatBytes(bytes) {
+  if (bytes >= 1024 * 1024) return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  if (bytes >= 1024) return `${Math.round(bytes / 1024)} KB`;
+  return `${bytes} bytes`;
+}
+
+function formatSeconds(seconds) {
+  return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(2)} s`;
+}
+
+function plural(count, word, many = `${word}s`) {
+  return `${count} ${count === 1 ? word : many}`;
+}
+
+// The limit is written into the page by the server, so an oversized photo is refused before it is sent
+// (the server would cut the upload off, which a browser reports as a network error, not as a 413).
+function maxUploadBytes() {
+  const value = Number.parseInt(document.body.dataset.maxUploadBytes, 10);
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+async function serverMessage(response) {
+  try {
+    const body = await response.json();
+    return body && body.error && typeof body.error.message === "string" ? body.error.message : null;
+  } catch {
+    return null;
+  }
+}
+
+function failureMessage(table, status, retryAfter) {
+  let message = table[status] || `Something went wrong (HTTP ${status}). Please try again.`;
+  const seconds = Number.parseInt(retryAfter || "", 10);
+  if (status === 503 && Number.isFinite(seconds) && seconds > 0) {
+    message = `The service is busy right now. Please try again in ${plural(seconds, "second")}.`;
+  }
+  return message;
+}
+
+// ---- Recognize -------------------------------------------------------------------------------------------
+
+const recognizer = {
+  sequence: 0, // a newer choice wins: answers to older uploads are dropped
+  previewUrl: null,
+};
+
+function showPreview(file) {
+  const photo = $("recognize-photo");
+  if (recognizer.previewUrl) URL.revokeObjectURL(recognizer.previewUrl);
+  recognizer.previewUrl = URL.createObjectURL(file);
+  photo.src = recognizer.previewUrl;
+  // Resolves false for formats the browser cannot show (e.g. TIFF): the answer is still worth showing.
+  return photo.decode().then(
+    () => true,
+    () => false,
+  );
+}
+
+function placeBox(box, photo) {
+  const overlay = $("face-box");
+  const width = photo.naturalWidth;
+  const height = photo.naturalHeight;
+  if (!box || !width || !height) {
+    overlay.hidden = true;
+    return;
+  }
+  // Percentages of the original size: the overlay then follows the photo at any displayed size.
+  const clamp = (value) => Math.min(100, Math.max(0, value));
+  const left = clamp((box.x1 / width) * 100);
+  const top = clamp((box.y1 / height) * 100);
+  overlay.style.left = `${left}%`;
+  overlay.style.top = `${top}%`;
+  overlay.style.width = `${clamp((box.x2 / width) * 100) - left}%`;
+  overlay.style.height = `${clamp((box.y2 / height) * 100) - top}%`;
+  overlay.hidden = false;
+}
+
+function showAnswer(answer, previewShown) {
+  const photo = $("recognize-photo");
+  $("recognize-result").hidden = false;
+  photo.hidden = !previewShown;
+  $("result-name").textContent = answer.no_face ? "No face" : answer.name;
+  $("result-distance").textContent = typeof answer.distance === "number" ? answer.distance.toFixed(3) : "—";
+  $("result-time").textContent = formatSeconds(answer.timings.total_s);
+  const status = $("recognize-status");
+  if (answer.no_face) {
+    placeBox(null, photo);
+    photo.alt = "The photo you chose; no face was found in it";
+    setStatus(status, "No face found in this photo.", "warning");
+    return;
+  }
+  placeBox(previewShown ? answer.box : null, photo);
+  if (answer.unknown) {
+    photo.alt = "The photo you chose, with a box around a face that matches nobody enrolled";
+    setStatus(status, "This face does not match anyone enrolled.", "warning");
+  } else {
+    photo.alt = `The photo you chose, with a box around the face of ${answer.name}`;
+    setStatus(status, `Recognized: ${answer.name}.`, "success");
+  }
+}
+
+function showRecognizeFailure(message) {
+  $("recognize-result").hidden = true;
+  setStatus($("recognize-status"), message, "error");
+}
+
+async function recognize(file) {
+  const sequence = ++recognizer.sequence;
+  const limit = maxUploadBytes();
+  if (limit !== null && file.size > limit) {
+    showRecognizeFailure(
+      `That photo is too large (${formatBytes(file.size)}). Please choose one under ${formatBytes(limit)}.`,
+    );
+    return;
+  }
+  setStatus($("recognize-status"), `Recognizing ${file.name}…`, "busy");
+  const preview = showPreview(file);
+  const form = new FormData();
+  form.append("inputFile", file, file.name);
+  let response;
+  try {
+    response = await fetch("/v1/recognitions", { method: "POST", body: form });
+  } catch {
+    if (sequence === recognizer.sequence) showRecognizeFailure(UNREACHABLE);
+    return;
+  }
+  if (sequence !== recognizer.sequence) return;
+  if (!response.ok) {
+    showRecognizeFailure(failureMessage(RECOGNIZE_FAILURES, response.status, response.headers.get("Retry-After")));
+    return;
+  }
+  const answer = await response.json();
+  const previewShown = await preview;
+  if (sequence === recognizer.sequence) showAnswer(answer, previewShown);
+}
+
+function setUpRecognize() {
+  const input = $("recognize-file");
+  const zone = $("drop-zone");
+  input.addEventListener("change", () => {
+    if (input.files.length > 0) recognize(input.files[0]);
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) recognize(file);
+  });
+  // A photo dropped beside the zone must not navigate away from the page.
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+}
+
+// ---- Enroll and people -----------------------------------------------------------------------------------
+
+function personUrl(name) {
+  return `/v1/people/${encodeURIComponent(name)}`;
+}
+
+function fillList(list, items, describe) {
+  list.replaceChildren(
+    ...items.map((item) => {
+      const entry = document.createElement("li");
+      entry.textContent = describe(item);
+      return entry;
+    }),
+  );
+}
+
+function showEnrollment(outcome) {
+  $("enroll-outcome").hidden = false;
+  fillList($("enroll-used"), outcome.used.length ? outcome.used : ["none"], (name) => name);
+  fillList(
+    $("enroll-rejected"),
+    outcome.rejected.length ? outcome.rejected : [{ filename: "none", reason: "" }],
+    (item) => (item.reason ? `${item.filename}: ${item.reason}` : item.filename),
+  );
+  const summary = outcome.used.length
+    ? `Enrolled ${outcome.person} with ${plural(outcome.used.length, "photo")}.`
+    : `No photos of ${outcome.person} could be used.`;
+  const rejected = outcome.rejected.length ? ` ${plural(outcome.rejected.length, "photo")} rejected.` : "";
+  setStatus($("enroll-status"), summary + rejected, outcome.used.length ? "success" : "warning");
+}
+
+async function enroll(event) {
+  event.preventDefault();
+  const name = $("enroll-name").value.trim();
+  const photos = Array.from($("enroll-photos").files);
+  const status = $("enroll-status");
+  if (!name) {
+    setStatus(status, "Please type the person's name.", "error");
+    $("enroll-name").focus();
+    return;
+  }
+  if (photos.length === 0) {
+    setStatus(status, "Please choose at least one photo.", "error");
+    $("enroll-photos").focus();
+    return;
+  }
+  const form = new FormData();
+  for (const photo of photos) form.append("photos", photo, photo.name);
+  const button = $("enroll-submit");
+  button.disabled = true;
+  setStatus(status, `Enrolling ${name} with ${plural(photos.length, "photo")}…`, "busy");
+  try {
+    const response = await fetch(`${personUrl(name)}/photos`, { method: "POST", body: form });
+    if (!response.ok) {
+      const fallback = failureMessage(ENROLL_FAILURES, response.status, response.headers.get("Retry-After"));
+      // The server's own words explain enrollment refusals (e.g. an unusable name) better than a generic line.
+      const message = ENROLL_FAILURES[response.status] ? fallback : (await serverMessage(response)) || fallback;
+      setStatus(status, message, "error");
+      return;
+    }
+    showEnrollment(await response.json());
+    $("enroll-photos").value = "";
+    await refreshPeople();
+  } catch {
+    setStatus(status, UNREACHABLE, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function personEntry(person) {
+  const entry = document.createElement("li");
+  const label = document.createElement("span");
+  label.className = "person-name";
+  label.textContent = person.name;
+  const count = document.createElement("span");
+  count.className = "person-photos";
+  count.textContent = plural(person.photos, "photo");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "danger";
+  button.textContent = "Delete";
+  const who = document.createElement("span");
+  who.className = "visually-hidden";
+  who.textContent = ` ${person.name}`;
+  button.append(who);
+  button.addEventListener("click", () => removePerson(person));
+  entry.append(label, count, button);
+  return entry;
+}
+
+async function refreshPeople() {
+  const status = $("people-status");
+  const list = $("people-list");
+  let response;
+  try {
+    response = await fetch("/v1/people", { headers: { Accept: "application/json" } });
+  } catch {
+    setStatus(status, UNREACHABLE, "error");
+    return;
+  }
+  if (response.status === 404) {
+    list.replaceChildren();
+    setStatus(status, "Enrollment is not available on this server.", "warning");
+    return;
+  }
+  if (!response.ok) {
+    setStatus(status, `Could not load the people list (HTTP ${response.status}).`, "error");
+    return;
+  }
+  const { people } = await response.json();
+  list.replaceChildren(...people.map(personEntry));
+  setStatus(status, people.length ? `${plural(people.length, "person", "people")} enrolled.` : "Nobody is enrolled yet.");
+}
+
+async function removePerson(person) {
+  if (!window.confirm(`Delete ${person.name} and their ${plural(person.photos, "photo")}?`)) return;
+  const status = $("people-status");
+  let response;
+  try {
+    response = await fetch(personUrl(person.name), { method: "DELETE" });
+  } catch {
+    setStatus(status, UNREACHABLE, "error");
+    return;
+  }
+  if (!response.ok && response.status !== 404) {
+    setStatus(status, `Could not delete ${person.name} (HTTP ${response.status}).`, "error");
+    return;
+  }
+  await refreshPeople();
+  setStatus(status, `Deleted ${person.name}. ${status.textContent}`, "success");
+  // The button that had focus is gone: keep keyboard users in the list rather than at the top of the page.
+  $("people-title").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpRecognize();
+  $("enroll-form").addEventListener("submit", enroll);
+  refreshPeople();
+});

@@ -45,6 +45,12 @@ class RecognitionRequest(_Message):
     filename: ClippedText = Field("", description="The client's filename, clipped to 120 UTF-8 bytes.")
     enqueued_at: float = Field(description="Unix time the web tier sent the request.")
     deadline: float | None = Field(None, description="Unix time after which nobody waits for the answer.")
+    kind: Literal["recognize", "enroll"] = Field(
+        "recognize",
+        description="`enroll`: embed the photo at `input_key` in the gallery store and write the embedding record "
+        "to `output_key` there, for `person`.",
+    )
+    person: ClippedText | None = Field(None, description="Who is being enrolled (kind `enroll` only).")
 
 
 class ErrorCode(StrEnum):
@@ -54,6 +60,8 @@ class ErrorCode(StrEnum):
     PROCESSING_FAILED = "processing_failed"
     DEAD_LETTERED = "dead_lettered"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    NOT_ONE_FACE = "not_one_face"
+    """Enrollment needs exactly one face in the photo."""
 
 
 class Box(BaseModel):

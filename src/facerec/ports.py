@@ -159,3 +159,5 @@ class DataTier:
     responses: MessageQueue
     dead_letters: MessageQueue
     """Requests that failed `max_receives` times (redrive target of `requests`)."""
+    gallery: BlobStore | None = None
+    """People enrolled through the API (`facerec.people` layout); None where a deployment has no such store."""

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         "(the model is busy 98% of the time either way), and a prefetched batch waits on a busy worker "
         "while a newly started one may be idle.",
     )
+    gallery_refresh_s: float = Field(
+        2.0, gt=0, description="How often a worker checks the gallery store for people enrolled or deleted."
+    )
     visibility_extend_after: float = Field(
         0.5, gt=0, lt=1, description="Extend a held message's visibility after this fraction of the timeout."
     )
@@ -129,6 +132,10 @@ class Settings(BaseSettings):
     @property
     def resp_queue(self) -> str:
         return f"{self.prefix}-resp-queue"
+
+    @property
+    def gallery_bucket(self) -> str:
+        return f"{self.prefix}-gallery-bucket"
 
     @property
     def dlq(self) -> str:

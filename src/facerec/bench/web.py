@@ -56,6 +56,7 @@ async def memory_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
         ),
         responses=MemoryQueue(settings.resp_queue),
         dead_letters=dead_letters,
+        gallery=MemoryBlobStore(settings.gallery_bucket),
     )
 
 

@@ -31,6 +31,8 @@ class DetectedFace:
     box: tuple[float, float, float, float]
     """x1, y1, x2, y2 in the original image's pixels."""
     probability: float
+    faces: int = 1
+    """How many faces the detector found in the image (this is the subject among them)."""
 
 
 def pick_subject(boxes: np.ndarray, width: int, height: int) -> int:
@@ -105,4 +107,5 @@ class FaceDetector:
             crop=fixed_image_standardization(face),
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
             probability=float(chosen[4]),
+            faces=len(boxes),
         )

@@ -13,7 +13,17 @@ from PIL import Image
 from facerec.recognition.detection import DetectedFace, FaceDetector
 from facerec.recognition.gallery import NORMALISATION, Gallery, GalleryMeta, unit
 from facerec.recognition.images import ImageDecodeError, decode_image
-from facerec.recognition.results import NO_FACE, UNKNOWN, FaceResult, ImageInput, ImageRejected, Outcome
+from facerec.recognition.results import (
+    NO_FACE,
+    NOT_ONE_FACE,
+    UNKNOWN,
+    Enrollment,
+    EnrollOutcome,
+    FaceResult,
+    ImageInput,
+    ImageRejected,
+    Outcome,
+)
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,8 @@ class Recognizer:
         self.detector = FaceDetector(settings)
         self.gallery = gallery if gallery is not None else Gallery.empty(self.gallery_meta())
         self.gallery.check_compatible(self.model_id, settings)
+        self.base_gallery = self.gallery
+        """The gallery given at start-up; people enrolled through the data tier are added to it."""
 
     def gallery_meta(self) -> GalleryMeta:
         """The metadata a gallery made by this recognizer records."""
@@ -87,6 +99,52 @@ class Recognizer:
             for index, vector in zip(found, vectors, strict=True):
                 outcomes[index] = vector
         return outcomes
+
+    def enroll(self, images: Sequence[ImageInput]) -> list[EnrollOutcome]:
+        """An embedding for each photo with exactly one face; `not_one_face` or the decode error otherwise."""
+        faces, outcomes = self._detect(images)
+        results: list[EnrollOutcome] = []
+        usable = [index for index, face in enumerate(faces) if face is not None and face.faces == 1]
+        vectors = (
+            self.embed_crops(torch.stack([faces[index].crop for index in usable]))  # type: ignore[union-attr]
+            if usable
+            else []
+        )
+        by_index = dict(zip(usable, vectors, strict=True))
+        for index, (face, outcome) in enumerate(zip(faces, outcomes, strict=True)):
+            if index in by_index and face is not None:
+                results.append(Enrollment([float(x) for x in by_index[index]], face.box, face.probability))
+            elif isinstance(outcome, ImageRejected):
+                results.append(outcome)
+            elif face is None:
+                results.append(ImageRejected(NOT_ONE_FACE, "no face found in the photo"))
+            else:
+                results.append(ImageRejected(NOT_ONE_FACE, f"{face.faces} faces found; enroll needs exactly one"))
+        return results
+
+    def embedding_fields(self) -> dict[str, object]:
+        meta = self.gallery_meta()
+        return {
+            "weights": meta.weights,
+            "crop_size": meta.crop_size,
+            "margin": meta.margin,
+            "normalisation": meta.normalisation,
+        }
+
+    def use_enrolled(self, people: dict[str, list[list[float]]]) -> None:
+        """The start-up gallery plus these people (one mean embedding each), for the batches that follow."""
+        enrolled = Gallery.from_people(
+            {name: [np.asarray(v, dtype=np.float32) for v in vectors] for name, vectors in people.items()},
+            self.gallery_meta(),
+        )
+        if len(enrolled) == 0:
+            self.gallery = self.base_gallery
+            return
+        base = self.base_gallery
+        # One assignment: a batch in another thread sees the old gallery or the new one, never a mix.
+        self.gallery = Gallery(
+            [*base.names, *enrolled.names], np.concatenate([base.embeddings, enrolled.embeddings]), base.meta
+        )
 
     def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
         """One outcome per image, in order; never raises for a bad image."""

@@ -34,7 +34,20 @@ class ImageRejected:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """A photo usable for enrollment: exactly one face, and its unit embedding."""
+
+    vector: list[float]
+    box: tuple[float, float, float, float]
+    probability: float
+
+
+NOT_ONE_FACE = "not_one_face"
+
 Outcome = FaceResult | ImageRejected
+EnrollOutcome = Enrollment | ImageRejected
+"""ImageRejected with code `not_one_face` for a photo with no face or several."""
 ImageInput = bytes | Image.Image
 
 
@@ -43,4 +56,20 @@ class BatchRecognizer(Protocol):
 
     def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
         """One outcome per input, in order; never raises for a bad image."""
+        ...
+
+
+class Enroller(Protocol):
+    """Synchronous and CPU-bound, like BatchRecognizer; also describes how its embeddings are made."""
+
+    def enroll(self, images: Sequence[ImageInput]) -> list[EnrollOutcome]:
+        """One outcome per input, in order; never raises for a bad image."""
+        ...
+
+    def embedding_fields(self) -> dict[str, object]:
+        """weights, crop_size, margin, normalisation: recorded with each enrolled embedding."""
+        ...
+
+    def use_enrolled(self, people: dict[str, list[list[float]]]) -> None:
+        """Recognize these people (name -> unit embeddings) too, from the next batch on."""
         ...

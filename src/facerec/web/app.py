@@ -14,7 +14,9 @@ from facerec.web.api import router
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
 from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
+from facerec.web.page import page_router
 from facerec.web.pending import PendingRequests
+from facerec.web.people import router as people_router
 from facerec.web.response_poller import ResponsePoller
 from facerec.web.uploads import MULTIPART_OVERHEAD_BYTES, BodySizeLimit
 
@@ -92,6 +94,8 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(people_router)
+    app.include_router(page_router)
     # Outermost first: metrics see every status, including the size guard's early 413.
     app.add_middleware(
         BodySizeLimit,

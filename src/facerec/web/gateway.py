@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import Receive
 
-from facerec import keys
+from facerec import keys, people
 from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse
 from facerec.ports import DataTier, PortError
 from facerec.settings import Settings
@@ -24,6 +24,14 @@ from facerec.web.uploads import Upload
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"
+_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "image/bmp": ".bmp",
+    "image/gif": ".gif",
+    "image/tiff": ".tif",
+}
 
 # Worker error code -> (HTTP status, what the client is told).
 _WORKER_ERRORS: dict[ErrorCode, tuple[int, str]] = {
@@ -73,6 +81,45 @@ class RecognitionGateway:
             self._pending.discard(request_id)
         _raise_worker_error(request_id, response)
         return Answer(request_id, keys.display_stem(upload.filename), response, time.perf_counter() - started)
+
+    async def enroll_photo(self, person: str, upload: Upload) -> RecognitionResponse:
+        """Store a photo in the gallery store and have a worker embed it. The worker's answer: a result naming
+        the person, or an error (e.g. `not_one_face`), in which case the photo is not kept."""
+        gallery = self._data.gallery
+        if gallery is None:
+            raise ServiceError(501, "not_supported", "this deployment has no gallery store")
+        request_id = keys.new_request_id()
+        future = self._pending.register(request_id)
+        now = time.time()
+        message = RecognitionRequest(
+            id=request_id,
+            input_key=people.photo_key(person, request_id, _EXTENSIONS.get(upload.content_type, "")),
+            output_key=people.embedding_key(person, request_id),
+            filename=upload.filename,
+            enqueued_at=now,
+            deadline=now + self._settings.request_deadline_s,
+            kind="enroll",
+            person=person,
+        )
+        try:
+            try:
+                await gallery.put(message.input_key, upload.data, upload.content_type)
+            except PortError as exc:
+                raise _unavailable("gallery store", exc) from None
+            try:
+                await self._data.requests.send(message.to_json())
+            except PortError as exc:
+                with contextlib.suppress(Exception):
+                    await gallery.delete(message.input_key)
+                raise _unavailable("request queue", exc) from None
+            assert message.deadline is not None
+            response = await self._await_answer(request_id, future, None, message.deadline - time.time())
+        finally:
+            self._pending.discard(request_id)
+        if response.error is not None or response.result is None:
+            with contextlib.suppress(Exception):  # a rejected photo is not kept
+                await gallery.delete(message.input_key)
+        return response
 
     def admit(self) -> None:
         """Raise 503 when shutting down or over `max_in_flight` (cheap: call it before reading the upload)."""

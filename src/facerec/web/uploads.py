@@ -78,6 +78,44 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedFile:
+    filename: str
+    reason: str
+
+
+async def read_photos(
+    request: Request, max_bytes: int, field: str, max_files: int
+) -> tuple[list[Upload], list[RejectedFile]]:
+    """Every image in the repeated multipart field `field`; files that are empty, too large or not images are
+    rejected one by one (with the reason) rather than failing the others. Raises 422 when there is none."""
+    uploads: list[Upload] = []
+    rejected: list[RejectedFile] = []
+    try:
+        async with request.form(max_files=max_files, max_fields=max_files + 8) as form:
+            parts = [part for part in form.getlist(field) if isinstance(part, UploadFile)]
+            if not parts:
+                others = ", ".join(sorted(str(k) for k in form)) or "none"
+                raise ServiceError(
+                    422, "missing_field", f"expected image files in multipart form field '{field}' (received: {others})"
+                )
+            for part in parts:
+                data = await part.read(max_bytes + 1)
+                filename = part.filename or ""
+                content_type = sniff_image_type(data)
+                if len(data) > max_bytes:
+                    rejected.append(RejectedFile(filename, f"larger than the limit of {max_bytes} bytes"))
+                elif not data:
+                    rejected.append(RejectedFile(filename, "empty file"))
+                elif content_type is None:
+                    rejected.append(RejectedFile(filename, "not a JPEG, PNG, WebP, BMP, GIF or TIFF image"))
+                else:
+                    uploads.append(Upload(filename=filename, data=data, content_type=content_type))
+    except StarletteHTTPException as exc:  # malformed multipart, or more files than allowed
+        raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
+    return uploads, rejected
+
+
 async def read_upload(request: Request, max_bytes: int, field: str = UPLOAD_FIELD) -> Upload:
     """The image in multipart field `field`; raises ServiceError 400/413/415/422."""
     try:

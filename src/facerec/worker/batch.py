@@ -17,8 +17,9 @@ from facerec.messages import (
     Timings,
     parse_request,
 )
+from facerec.people import EmbeddingRecord
 from facerec.ports import ReceivedMessage
-from facerec.recognition.results import FaceResult, ImageRejected, Outcome
+from facerec.recognition.results import EnrollOutcome, FaceResult, ImageRejected, Outcome
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -40,7 +41,9 @@ class Answer:
     message: ReceivedMessage
     response: RecognitionResponse
     output: tuple[str, str] | None = None
-    """(output key, object body) to put in the out-bucket before the response is sent."""
+    """(key, object body) to put in `output_store` before the response is sent."""
+    output_store: str = "outputs"
+    """`outputs` (the out-bucket: recognition results) or `gallery` (embedding records of enrollments)."""
 
     @property
     def is_error(self) -> bool:
@@ -138,4 +141,23 @@ def _result(face: FaceResult) -> RecognitionResult:
         probability=face.probability,
         no_face=face.no_face,
         unknown=face.unknown,
+    )
+
+
+def enrollment_answer(
+    job: Job, outcome: EnrollOutcome, inference_s: float, worker: str, fields: dict[str, object]
+) -> Answer:
+    """An enrolled photo's embedding record goes to the gallery store; the response names the person."""
+    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4))
+    if isinstance(outcome, ImageRejected):
+        return error_answer(job.message, job.request.id, _error_code(outcome.code), outcome.message, worker, timings)
+    person = job.request.person or ""
+    record = EmbeddingRecord.from_vector(outcome.vector, person=person, photo_id=job.request.id, **fields)
+    box = outcome.box
+    result = RecognitionResult(
+        name=person, box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]), probability=outcome.probability
+    )
+    response = RecognitionResponse(id=job.request.id, result=result, timings=timings, worker=worker)
+    return Answer(
+        job.message, response, output=(job.request.output_key, record.model_dump_json()), output_store="gallery"
     )

@@ -15,17 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
-from facerec.recognition.results import BatchRecognizer, Outcome
+from facerec.recognition.results import BatchRecognizer, Enroller, EnrollOutcome, Outcome
 from facerec.settings import Settings
 from facerec.worker.batch import (
     Answer,
     Discard,
     Job,
+    enrollment_answer,
     failed_answer,
     missing_input_answer,
     outcome_answer,
     triage,
 )
+from facerec.worker.gallery_sync import GallerySync
 from facerec.worker.stats import WorkerStats
 from facerec.worker.threads import InferenceRunner, run_in_daemon_thread
 from facerec.worker.visibility import InHand
@@ -66,6 +68,13 @@ class Worker:
         self.in_hand = InHand(
             data.requests, settings.visibility_timeout_s, self.stats, extend_after=settings.visibility_extend_after
         )
+        can_enroll = all(hasattr(recognizer, name) for name in ("enroll", "embedding_fields", "use_enrolled"))
+        self._enroller: Enroller | None = recognizer if can_enroll else None  # type: ignore[assignment]
+        self.gallery_sync = (
+            GallerySync(data.gallery, self._enroller, settings.gallery_refresh_s)
+            if data.gallery is not None and self._enroller is not None
+            else None
+        )
 
     # --- main loop --------------------------------------------------------------------------------
 
@@ -75,6 +84,11 @@ class Worker:
         Cancelling the task releases every held message at once (visibility 0) instead.
         """
         keeper = asyncio.create_task(self.in_hand.run(), name="facerec-visibility")
+        syncer = (
+            asyncio.create_task(self.gallery_sync.run(stop), name="facerec-gallery-sync")
+            if self.gallery_sync is not None
+            else None
+        )
         pending: asyncio.Task[_Batch | None] | None = None
         backoff = PORT_ERROR_BACKOFF_S[0]
         log.info("worker_started", extra={"worker": self.name, "batch_max": self.settings.batch_max})
@@ -103,7 +117,7 @@ class Worker:
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, PORT_ERROR_BACKOFF_S[1])
         finally:
-            for task in (pending, keeper):
+            for task in (pending, keeper, syncer):
                 if task is not None:
                     task.cancel()
                     try:
@@ -165,9 +179,7 @@ class Worker:
                 batch.jobs.append(sorted_out)
             else:
                 settled.append(sorted_out)
-        fetched = await asyncio.gather(
-            *(self.data.inputs.get(job.request.input_key) for job in batch.jobs), return_exceptions=True
-        )
+        fetched = await asyncio.gather(*(self._fetch(job) for job in batch.jobs), return_exceptions=True)
         jobs, batch.jobs = batch.jobs, []
         for job, data in zip(jobs, fetched, strict=True):
             if isinstance(data, BlobNotFound):
@@ -186,6 +198,13 @@ class Worker:
                 extra={"worker": self.name, "count": len(settled), **self.stats.snapshot()},
             )
         return batch
+
+    async def _fetch(self, job: Job) -> bytes:
+        if job.request.kind != "enroll":
+            return await self.data.inputs.get(job.request.input_key)
+        if self.data.gallery is None:
+            raise BlobNotFound(job.request.input_key)  # answered as input_missing: this deployment cannot enroll
+        return await self.data.gallery.get(job.request.input_key)
 
     # --- stage 2: inference -----------------------------------------------------------------------
 
@@ -220,11 +239,40 @@ class Worker:
             return None
         return outcome_answer(job, outcome, time.monotonic() - started, self.name)
 
+    async def _enroll(self, pairs: Sequence[tuple[Job, bytes]], timings: dict[str, float]) -> None:
+        """Embed photos for the gallery store (rare and small: one inference call for all of them)."""
+        started = time.monotonic()
+        try:
+            enroller = self._enroller
+            if enroller is None or self.data.gallery is None:
+                raise RuntimeError("this worker cannot enroll (no gallery store, or a recognizer without enroll)")
+            images = [image for _, image in pairs]
+            outcomes: list[EnrollOutcome] = await self._infer(lambda: enroller.enroll(images))
+            fields = enroller.embedding_fields()
+        except Exception as exc:
+            log.exception("enroll_failed", extra={"worker": self.name, "size": len(pairs)})
+            answers = [failed_answer(job, f"enrollment failed: {type(exc).__name__}", self.name) for job, _ in pairs]
+        else:
+            inference_s = time.monotonic() - started
+            answers = [
+                enrollment_answer(job, outcome, inference_s, self.name, fields)
+                for (job, _), outcome in zip(pairs, outcomes, strict=True)
+            ]
+        timings["infer_s"] += time.monotonic() - started
+        _accumulate(timings, await self._settle(answers))
+        if self.gallery_sync is not None and any(answer.output is not None for answer in answers):
+            with contextlib.suppress(PortError):
+                await self.gallery_sync.refresh()  # this worker knows the new person at once
+
     async def _process(self, batch: _Batch) -> None:
         if not batch.jobs:
             return
         timings = {**batch.timings, "infer_s": 0.0, "store_s": 0.0, "respond_s": 0.0, "delete_s": 0.0}
-        pairs = list(zip(batch.jobs, batch.images, strict=True))
+        pairs = [(job, image) for job, image in zip(batch.jobs, batch.images, strict=True)]
+        enrollments = [(job, image) for job, image in pairs if job.request.kind == "enroll"]
+        if enrollments:
+            await self._enroll(enrollments, timings)
+            pairs = [(job, image) for job, image in pairs if job.request.kind != "enroll"]
         together = [(job, image) for job, image in pairs if not self._suspect(job)]
         # The most-redelivered (most suspect) last: the others are settled before it can crash the process.
         alone = sorted(
@@ -270,12 +318,7 @@ class Worker:
         """Store results, send responses, and only then delete the request messages."""
         answers = [item for item in settled if isinstance(item, Answer)]
         t0 = time.monotonic()
-        await asyncio.gather(
-            *(
-                self.data.outputs.put(key, body.encode("utf-8"), "text/plain; charset=utf-8")
-                for key, body in (a.output for a in answers if a.output is not None)
-            )
-        )
+        await asyncio.gather(*(self._store_output(answer) for answer in answers if answer.output is not None))
         t1 = time.monotonic()
         if answers:
             await self.data.responses.send_batch([a.response.to_json() for a in answers])
@@ -295,6 +338,15 @@ class Worker:
         self.stats.processed += len(answers) - errors
         self.stats.discarded += len(settled) - len(answers)
         return {"store_s": t1 - t0, "respond_s": t2 - t1, "delete_s": t3 - t2}
+
+    async def _store_output(self, answer: Answer) -> None:
+        assert answer.output is not None
+        key, body = answer.output
+        if answer.output_store == "gallery":
+            assert self.data.gallery is not None  # an enrollment is only answered with a record when there is one
+            await self.data.gallery.put(key, body.encode("utf-8"), "application/json")
+        else:
+            await self.data.outputs.put(key, body.encode("utf-8"), "text/plain; charset=utf-8")
 
 
 def _accumulate(timings: dict[str, float], more: dict[str, float]) -> None:

@@ -1,0 +1,162 @@
+"""Gallery management: list, enroll and forget people. The gallery lives in the data tier's gallery store, so
+every worker (local or on EC2) sees a change within `gallery_refresh_s`; photos are embedded by the app tier,
+never here (the web process does not import torch)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from facerec import people
+from facerec.ports import BlobStore, PortError
+from facerec.web.errors import ErrorBody, ServiceError
+from facerec.web.gateway import RecognitionGateway
+from facerec.web.uploads import read_photos
+
+router = APIRouter(prefix="/v1/people", tags=["people"])
+
+PHOTO_FIELD = "photos"
+MAX_PHOTOS = 10
+
+
+class Person(BaseModel):
+    name: str
+    photos: int = Field(description="Enrolled photos (each with exactly one face).")
+
+
+class PeopleOut(BaseModel):
+    people: list[Person]
+
+
+class RejectedPhoto(BaseModel):
+    filename: str
+    reason: str
+
+
+class EnrollmentOut(BaseModel):
+    person: str
+    used: list[str] = Field(description="Filenames of the photos enrolled.")
+    rejected: list[RejectedPhoto] = Field(description="Photos not used, and why.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "person": "Ada Lovelace",
+                    "used": ["ada1.jpg", "ada2.jpg"],
+                    "rejected": [{"filename": "group.jpg", "reason": "3 faces found; enroll needs exactly one"}],
+                }
+            ]
+        }
+    }
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Malformed multipart body, or more than 10 photos.",
+        404: "No such person.",
+        413: "The request body is larger than the upload limit.",
+        422: "Invalid name, or no file in multipart field `photos`.",
+        501: "This deployment has no gallery store.",
+        503: "The gallery store or the request queue is unavailable, or the service is overloaded.",
+    }
+    return {status: {"description": descriptions[status], "model": ErrorBody} for status in statuses}
+
+
+def _store(request: Request) -> BlobStore:
+    store = request.app.state.data.gallery
+    if store is None:
+        raise ServiceError(501, "not_supported", "this deployment has no gallery store")
+    return store
+
+
+def _name(name: str) -> str:
+    try:
+        return people.normalise_name(name)
+    except people.InvalidPersonName as exc:
+        raise ServiceError(422, "invalid_name", f"invalid person name: {exc}") from None
+
+
+def _unavailable(exc: PortError) -> ServiceError:
+    return ServiceError(503, "unavailable", f"gallery store unavailable: {str(exc)[:120]}", {"Retry-After": "1"})
+
+
+@router.get("", response_model=PeopleOut, summary="List enrolled people", responses=_errors(501, 503))
+async def list_people(request: Request) -> PeopleOut:
+    try:
+        enrolled = await people.enrolled_people(_store(request))
+    except PortError as exc:
+        raise _unavailable(exc) from None
+    return PeopleOut(people=[Person(name=name, photos=count) for name, count in enrolled.items()])
+
+
+@router.post(
+    "/{name}/photos",
+    response_model=EnrollmentOut,
+    summary="Enroll photos of a person",
+    description=(
+        "Multipart field `photos`, repeated (up to 10 files, together within the upload limit). Each photo must "
+        "show exactly one face; the answer lists the photos used and those rejected with the reason. Workers "
+        "recognize the person within a few seconds."
+    ),
+    responses=_errors(400, 413, 422, 501, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [PHOTO_FIELD],
+                        "properties": {PHOTO_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
+    person = _name(name)
+    _store(request)
+    gateway: RecognitionGateway = request.app.state.gateway
+    gateway.admit()
+    uploads, refused = await read_photos(
+        request, request.app.state.settings.max_upload_bytes, PHOTO_FIELD, max_files=MAX_PHOTOS
+    )
+    outcomes = await asyncio.gather(
+        *(gateway.enroll_photo(person, upload) for upload in uploads), return_exceptions=True
+    )
+    used: list[str] = []
+    rejected = [RejectedPhoto(filename=r.filename, reason=r.reason) for r in refused]
+    for upload, outcome in zip(uploads, outcomes, strict=True):
+        if isinstance(outcome, ServiceError) and outcome.status in (501, 503):
+            raise outcome
+        if isinstance(outcome, BaseException):
+            reason = outcome.message if isinstance(outcome, ServiceError) else "processing failed"
+            rejected.append(RejectedPhoto(filename=upload.filename, reason=reason))
+        elif outcome.error is not None:
+            rejected.append(RejectedPhoto(filename=upload.filename, reason=outcome.error.message))
+        else:
+            used.append(upload.filename)
+    return EnrollmentOut(person=person, used=used, rejected=rejected)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    response_class=Response,
+    summary="Forget a person (photos and embeddings)",
+    responses=_errors(404, 422, 501, 503),
+)
+async def delete_person(name: str, request: Request) -> Response:
+    person = _name(name)
+    try:
+        deleted = await people.forget_person(_store(request), person)
+    except PortError as exc:
+        raise _unavailable(exc) from None
+    if not deleted:
+        raise ServiceError(404, "not_found", f"no person named {person!r} is enrolled")
+    return Response(status_code=204)

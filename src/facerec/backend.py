@@ -1,0 +1,84 @@
+"""`open_data_tier(settings)`: the stores and queues of the configured backend, opened and closed together.
+
+local: `data_dir/blobs/<bucket>/` directories and one `data_dir/queues.sqlite3`, created on first use, so
+the embedded default works on a fresh machine with no setup. aws: one aioboto3 session; the buckets and
+queues must already exist (`facerec aws provision`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+from facerec.ports import DataTier, PortError
+from facerec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE_DB_NAME = "queues.sqlite3"
+
+
+def _make_directory(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PortError(f"cannot create data directory {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+@asynccontextmanager
+async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
+    from facerec.adapters.local_blob import LocalBlobStore
+    from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
+
+    data_dir = _make_directory(settings.data_dir)
+    inputs = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.in_bucket), settings.in_bucket)
+    outputs = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.out_bucket), settings.out_bucket)
+    gallery = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.gallery_bucket), settings.gallery_bucket)
+    database = await SqliteDatabase.open(data_dir / QUEUE_DB_NAME)
+    try:
+        common = {"visibility_timeout": settings.visibility_timeout_s, "max_message_bytes": settings.message_max_bytes}
+        requests = SqliteQueue(
+            database, settings.req_queue, max_receives=settings.max_receives, dead_letter=settings.dlq, **common
+        )
+        log.info("data_tier_opened", extra={"backend": "local", "data_dir": str(data_dir)})
+        yield DataTier(
+            inputs=inputs,
+            outputs=outputs,
+            requests=requests,
+            responses=SqliteQueue(database, settings.resp_queue, **common),
+            dead_letters=SqliteQueue(database, settings.dlq, **common),
+            gallery=gallery,
+        )
+    finally:
+        await database.aclose()
+
+
+@asynccontextmanager
+async def open_aws_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
+    from facerec.adapters.aws_session import AwsClients
+    from facerec.adapters.s3_blob import S3BlobStore
+    from facerec.adapters.sqs_queue import SqsQueue
+
+    async with AwsClients(settings) as aws:
+        queues = [
+            await SqsQueue.from_name(aws, name) for name in (settings.req_queue, settings.resp_queue, settings.dlq)
+        ]
+        log.info("data_tier_opened", extra={"backend": "aws", "region": settings.aws_region, "prefix": settings.prefix})
+        yield DataTier(
+            inputs=S3BlobStore(aws, settings.in_bucket),
+            outputs=S3BlobStore(aws, settings.out_bucket),
+            requests=queues[0],
+            responses=queues[1],
+            dead_letters=queues[2],
+            gallery=S3BlobStore(aws, settings.gallery_bucket),
+        )
+
+
+def open_data_tier(settings: Settings) -> AbstractAsyncContextManager[DataTier]:
+    """`async with open_data_tier(settings) as data:`; raises PortError when the backend cannot be opened."""
+    if settings.backend == "aws":
+        return open_aws_data_tier(settings)
+    return open_local_data_tier(settings)

@@ -18,6 +18,7 @@ PREFIX = "cse546-demo"
 
 # The only actions each role may have; anything else is a privilege nobody asked for.
 WEB_ACTIONS = {
+    "s3:DeleteObject",
     "s3:PutObject",
     "s3:GetObject",
     "s3:ListBucket",
@@ -35,6 +36,7 @@ RUN_MODE_ACTIONS = {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTag
 WORKER_ACTIONS = {
     "s3:GetObject",
     "s3:PutObject",
+    "s3:ListBucket",
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
@@ -82,9 +84,10 @@ def check_resources(document: dict[str, Any]) -> None:
             elif resource in CONDITIONED_WILDCARDS:
                 assert statement.get("Condition"), statement
             else:
-                assert "*" not in resource.replace(f"{PREFIX}-in-bucket/*", "").replace(f"{PREFIX}-out-bucket/*", ""), (
-                    resource
-                )
+                in_scope = resource
+                for bucket in ("in", "out", "gallery"):
+                    in_scope = in_scope.replace(f"{PREFIX}-{bucket}-bucket/*", "")
+                assert "*" not in in_scope, resource
                 assert PREFIX in resource, resource
                 assert resource.startswith(("arn:aws:s3:::", f"arn:aws:sqs:{REGION}:{ACCOUNT}:", "arn:aws:iam::"))
 
@@ -122,16 +125,21 @@ def test_worker_policy_splits_reads_and_writes() -> None:
     grants = {(a, r) for s in statements(document) for a in as_list(s["Action"]) for r in as_list(s["Resource"])}
     assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") in grants
     assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-out-bucket/*") in grants
-    assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-out-bucket/galleries/casia.pt") in grants
+    assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-gallery-bucket/*") in grants
+    assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-gallery-bucket/*") in grants
+    assert ("s3:ListBucket", f"arn:aws:s3:::{PREFIX}-gallery-bucket") in grants
+    assert ("s3:GetObject", f"arn:aws:s3:::{PREFIX}-out-bucket/*") not in grants
     assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") not in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-resp-queue") in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-req-queue") not in grants
     assert not any("dlq" in r for _, r in grants)
 
 
-def test_gallery_grant_only_for_a_blob_gallery() -> None:
-    document = render_policy("worker", settings(gallery="/opt/facerec/gallery.pt"), ACCOUNT)
-    assert not any(s["Sid"] == "ReadGallery" for s in statements(document))
+def test_only_the_web_role_deletes_and_only_in_the_gallery() -> None:
+    web = render_policy("web", settings(), ACCOUNT)
+    deletes = {r for s in statements(web) if "s3:DeleteObject" in as_list(s["Action"]) for r in as_list(s["Resource"])}
+    assert deletes == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
+    assert "s3:DeleteObject" not in actions(render_policy("worker", settings(), ACCOUNT))
 
 
 def test_templates_are_json_with_placeholders() -> None:

@@ -78,7 +78,7 @@ def app_tier(endpoint: str) -> dict[str, tuple[str, str]]:
 
 def test_provision_creates_everything_once(endpoint: str) -> None:
     first = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
-    assert first.count("created") == 2 + 3 + 3, first
+    assert first.count("created") == 3 + 3 + 3, first
     sqs = client("sqs", endpoint)
     req_url = sqs.get_queue_url(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=req_url, AttributeNames=["All"])["Attributes"]
@@ -89,7 +89,7 @@ def test_provision_creates_everything_once(endpoint: str) -> None:
     assert int(redrive["maxReceiveCount"]) == 3
     sqs.get_queue_url(QueueName=f"{PREFIX}-resp-queue")
     buckets = {b["Name"] for b in client("s3", endpoint).list_buckets()["Buckets"]}
-    assert {f"{PREFIX}-in-bucket", f"{PREFIX}-out-bucket"} <= buckets
+    assert {f"{PREFIX}-in-bucket", f"{PREFIX}-out-bucket", f"{PREFIX}-gallery-bucket"} <= buckets
     pool = app_tier(endpoint)
     assert sorted(pool) == [f"app-tier-instance-{n}" for n in (1, 2, 3)]
     assert {state for _, state in pool.values()} <= {"stopping", "stopped"}
@@ -100,7 +100,7 @@ def test_provision_creates_everything_once(endpoint: str) -> None:
 
     second = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
     assert "created" not in second and "updated" not in second
-    assert second.count("exists") == 8
+    assert second.count("exists") == 9
     assert app_tier(endpoint) == pool
     # Growing the pool adds only the missing instance.
     third = cli(endpoint, "provision", "--pool", "4", "--ami", image_id(endpoint))
@@ -130,11 +130,11 @@ def test_status_and_teardown(endpoint: str) -> None:
     assert len(app_tier(endpoint)) == 2
 
     removed = cli(endpoint, "teardown", "--yes")
-    assert removed.count("deleted") == 5 and removed.count("terminated") == 2
+    assert removed.count("deleted") == 6 and removed.count("terminated") == 2
     assert {state for _, state in app_tier(endpoint).values()} <= {"shutting-down"}
     assert not [b for b in client("s3", endpoint).list_buckets()["Buckets"] if b["Name"].startswith(PREFIX)]
     again = cli(endpoint, "teardown", "--yes")
-    assert again.count("absent") == 5 and "deleted" not in again
+    assert again.count("absent") == 6 and "deleted" not in again
 
 
 def test_pool_needs_an_ami(endpoint: str) -> None:

@@ -81,20 +81,13 @@ def render_template(text: str, values: Mapping[str, str]) -> str:
 
 
 def policy_values(settings: Settings, account: str) -> dict[str, str]:
-    gallery = settings.gallery or ""
-    return {
-        "prefix": settings.prefix,
-        "region": settings.aws_region,
-        "account": account,
-        "gallery_key": gallery.removeprefix("blob:") if gallery.startswith("blob:") else "",
-    }
+    return {"prefix": settings.prefix, "region": settings.aws_region, "account": account}
 
 
 def render_policy(role: str, settings: Settings, account: str) -> dict[str, Any]:
     """The IAM policy document for `role` (`web` or `worker`) of this deployment.
 
-    Statements only one configuration needs are dropped otherwise: `RunMode*` in pool mode, and the gallery
-    read when the gallery is not a blob (a file baked into the worker AMI)."""
+    Statements only run mode needs (`RunMode*`) are dropped in pool mode."""
     if not re.fullmatch(r"\d{12}", account):
         raise ValueError(f"not an AWS account id: {account!r}")
     document = json.loads(render_template(POLICIES[role].read_text(), policy_values(settings, account)))
@@ -102,8 +95,6 @@ def render_policy(role: str, settings: Settings, account: str) -> dict[str, Any]
     for statement in document["Statement"]:
         sid = statement.get("Sid", "")
         if sid.startswith("RunMode") and settings.fleet_mode != "run":
-            continue
-        if sid == "ReadGallery" and not policy_values(settings, account)["gallery_key"]:
             continue
         keep.append(statement)
     document["Statement"] = keep
@@ -282,7 +273,10 @@ async def _run_pool_instance(ec2: Any, settings: Settings, spec: PoolSpec, numbe
 
 async def provision(aws: AwsClients, settings: Settings, pool: PoolSpec | None = None) -> list[Action]:
     s3 = await aws.s3()
-    actions = [await ensure_bucket(s3, name, settings.aws_region) for name in (settings.in_bucket, settings.out_bucket)]
+    actions = [
+        await ensure_bucket(s3, name, settings.aws_region)
+        for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket)
+    ]
     actions += await ensure_queues(await aws.sqs(), settings)
     if pool is not None:
         actions += await ensure_pool(await aws.ec2(), settings, pool)
@@ -306,7 +300,7 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
             await sqs.delete_queue(QueueUrl=url)
         actions.append(Action("queue", name, "deleted" if url else "absent"))
     s3 = await aws.s3()
-    for name in (settings.in_bucket, settings.out_bucket):
+    for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket):
         if not await bucket_exists(s3, name):
             actions.append(Action("bucket", name, "absent"))
             continue
@@ -336,7 +330,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
     """What exists now: buckets with object counts, queues with message counts, app-tier instances."""
     actions: list[Action] = []
     s3 = await aws.s3()
-    for name in (settings.in_bucket, settings.out_bucket):
+    for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket):
         if not await bucket_exists(s3, name):
             actions.append(Action("bucket", name, "absent"))
             continue

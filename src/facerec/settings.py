@@ -63,7 +63,11 @@ class Settings(BaseSettings):
         ge=64,
         description="Larger images are detected on a downscaled copy (detection cost grows with area).",
     )
-    gallery: str | None = Field(None, description="Gallery file path (or blob key with `blob:` prefix).")
+    gallery: str | None = Field(
+        None,
+        description="Gallery file made by `facerec enroll` (or a course data.pt); people enrolled through the API "
+        "live in the gallery store and are added to it.",
+    )
     # -- galleries (recognition helper) --
     course_gallery_made_with: str | None = Field(
         None,

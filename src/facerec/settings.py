@@ -32,31 +32,35 @@ class Settings(BaseSettings):
     )
 
     # --- AWS (only with backend=aws) --------------------------------------------------------------
-    aws_region: str = "us-east-1"
+    aws_region: str = Field("us-east-1", description="AWS region of the buckets, queues and instances.")
     aws_endpoint_url: str | None = Field(None, description="For moto, LocalStack or another S3/SQS endpoint.")
     aws_ami_id: str | None = Field(None, description="Worker AMI for `facerec aws provision`.")
     aws_launch_template: str | None = Field(None, description="Launch template name for fleet_mode=run.")
-    aws_instance_type: str = "t3.micro"
-    aws_instance_profile: str | None = None
+    aws_instance_type: str = Field("t3.micro", description="Instance type of the app-tier pool.")
+    aws_instance_profile: str | None = Field(None, description="Instance profile (worker IAM role) of the pool.")
     fleet_mode: Literal["pool", "run"] = Field(
         "pool", description="`pool`: start/stop pre-created instances (fast); `run`: run/terminate."
     )
 
     # --- queues -----------------------------------------------------------------------------------
-    visibility_timeout_s: float = Field(30.0, gt=0)
+    visibility_timeout_s: float = Field(
+        30.0, gt=0, description="A received request is hidden this long; workers extend it while they work."
+    )
     max_receives: int = Field(3, ge=1, description="Deliveries before a request goes to the dead-letter queue.")
-    message_max_bytes: int = 1024
+    message_max_bytes: int = Field(1024, description="Largest queue message (the course's request queue limit).")
 
     # --- model ------------------------------------------------------------------------------------
     weights: str = Field("casia-webface", description="`casia-webface`, `vggface2`, or the path of a state_dict file.")
     weights_cache_dir: Path = Field(Path(user_cache_dir("facerec")), description="Converted weights go here.")
-    crop_size: int = Field(160, ge=32, le=512)
-    margin: int = Field(14, ge=0, le=200)
-    min_face_size: int = Field(20, ge=4)
+    crop_size: int = Field(160, ge=32, le=512, description="Face crop side in pixels (160 for casia-webface).")
+    margin: int = Field(14, ge=0, le=200, description="Margin around the detected box, in crop pixels.")
+    min_face_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
     unknown_threshold: float | None = Field(
         None, gt=0, description="L2 distance beyond which the answer is `Unknown` (about 0.9-1.0 for casia)."
     )
-    torch_threads: int = Field(max(1, os.cpu_count() or 1), ge=1)
+    torch_threads: int = Field(
+        max(1, os.cpu_count() or 1), ge=1, description="Intra-op threads per worker (local workers get cores / max)."
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard.")
     detect_max_side: int = Field(
         640,
@@ -77,8 +81,10 @@ class Settings(BaseSettings):
     )
 
     # --- worker -----------------------------------------------------------------------------------
-    batch_max: int = Field(32, ge=1, le=256)
-    batch_fill_wait_ms: float = Field(20.0, ge=0, le=1000)
+    batch_max: int = Field(32, ge=1, le=256, description="Most requests a worker recognizes in one batch.")
+    batch_fill_wait_ms: float = Field(
+        20.0, ge=0, le=1000, description="How long a worker waits for more requests to fill a batch."
+    )
     # -- worker loop (app tier helper) --
     worker_poll_wait_s: float = Field(2.0, ge=0, le=20, description="Long-poll wait for a batch's first message.")
     worker_prefetch: bool = Field(
@@ -95,12 +101,14 @@ class Settings(BaseSettings):
     )
 
     # --- web --------------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    request_deadline_s: float = Field(60.0, gt=0)
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_in_flight: int = Field(2000, ge=1)
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    host: str = Field("127.0.0.1", description="Web tier interface (this machine only by default).")
+    port: int = Field(8000, ge=1, le=65535, description="Web tier port.")
+    request_deadline_s: float = Field(60.0, gt=0, description="Past it the client gets 504.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Upload size limit (413 beyond).")
+    max_in_flight: int = Field(2000, ge=1, description="Requests in flight beyond which clients get 503.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On stop: how long the web tier drains requests and a worker finishes its batch."
+    )
     # -- web tier response polling (web helper) --
     web_response_pollers: int = Field(
         4, ge=1, le=64, description="Concurrent long-polls of the response queue (each receives up to 10)."
@@ -108,11 +116,13 @@ class Settings(BaseSettings):
     web_poll_wait_s: float = Field(20.0, ge=0, le=20, description="Long-poll wait of the response/DLQ pollers.")
 
     # --- scaler -----------------------------------------------------------------------------------
-    min_workers: int = Field(0, ge=0)
+    min_workers: int = Field(0, ge=0, description="Workers kept running when idle.")
     max_workers: int | None = Field(None, ge=0, description="Default: 15 on AWS, the number of cores locally.")
-    target_in_flight_per_worker: float = Field(1.0, gt=0)
-    scale_in_grace_s: float = Field(1.0, ge=0)
-    scaler_interval_s: float = Field(0.2, gt=0)
+    target_in_flight_per_worker: float = Field(
+        1.0, gt=0, description="Requests in flight per worker the scaler aims for."
+    )
+    scale_in_grace_s: float = Field(1.0, ge=0, description="Workers stop this long after the load that needed them.")
+    scaler_interval_s: float = Field(0.2, gt=0, description="Scaler tick (it also wakes on every request).")
 
     @model_validator(mode="after")
     def _default_max_workers(self) -> Settings:

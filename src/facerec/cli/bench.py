@@ -13,6 +13,7 @@ _BENCHMARKS: dict[str, str] = {
     "worker": "facerec.bench.worker",
     "web": "facerec.bench.web",
     "load": "facerec.bench.load",
+    "stack": "facerec.bench.stack",
 }
 
 

@@ -26,7 +26,12 @@ from facerec.settings import Settings
 @click.option("--name", help="Worker name in responses and logs (default: $FACEREC_WORKER_NAME or host-pid).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), help="Create once ready.")
 @click.option("--log-level", default="INFO", show_default=True)
-@click.option("--recognizer-factory", hidden=True, help="module:callable building the recognizer (tests).")
+@click.option(
+    "--recognizer-factory",
+    hidden=True,
+    envvar="FACEREC_WORKER_RECOGNIZER_FACTORY",
+    help="module:callable building the recognizer (tests and benchmarks of the service without the model).",
+)
 def worker(
     name: str | None,
     ready_file: Path | None,

@@ -6,11 +6,13 @@ import csv
 import io
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MOTO_REGION = "us-east-1"
 DATASETS = Path(os.environ.get("FACEREC_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
 
 
@@ -67,3 +69,32 @@ def jpeg_bytes(color: tuple[int, int, int] = (120, 80, 40), size: tuple[int, int
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server on a free local port: aioboto3 talks HTTP to it (`mock_aws` cannot patch aiobotocore)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A reset moto server and dummy credentials (never real ones) for one test."""
+    import httpx
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": MOTO_REGION,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
+    return moto_endpoint

@@ -118,3 +118,28 @@ def test_lfw_small_accuracy_with_the_real_weights(
     accuracy = correct / len(probes)
     print(f"lfw_small: {correct}/{len(probes)} = {accuracy:.3f}")
     assert accuracy >= 0.95
+
+
+def test_enroll_into_the_gallery_store(people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from facerec.backend import open_data_tier
+    from facerec.people import enrolled_people
+    from facerec.settings import Settings
+
+    install_standin_weights(monkeypatch)
+    data_dir = tmp_path / "data"
+    result = CliRunner().invoke(main, ["enroll", str(people_dir), "--store", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "enrolled 3 people from 3 photos into the gallery store" in result.stdout
+    assert "garbage.jpg" in result.stderr and "blank.jpg: no face found" in result.stderr
+
+    async def listed() -> dict[str, int]:
+        async with open_data_tier(Settings(backend="local", data_dir=data_dir)) as data:
+            assert data.gallery is not None
+            return await enrolled_people(data.gallery)
+
+    people = sorted(p.name for p in people_dir.iterdir() if p.name != "Broken_Person")
+    assert asyncio.run(listed()) == dict.fromkeys(people, 1)
+    refused = CliRunner().invoke(main, ["enroll", str(people_dir)])
+    assert refused.exit_code != 0 and "either --gallery FILE or --store" in refused.output

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
 
 from facerec.cli import main
 from facerec.provision import USER_DATA, render_template, render_user_data, worker_environment
@@ -20,30 +17,6 @@ from facerec.settings import Settings
 
 REGION = "us-east-1"
 PREFIX = "prov-test"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A reset moto server and dummy credentials (never real ones) for one test."""
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
-    return moto_endpoint
 
 
 def client(service: str, endpoint: str) -> Any:

@@ -117,3 +117,11 @@ async def forget_person(store: BlobStore, name: str) -> int:
     for key in keys:
         await store.delete(key)
     return len(keys)
+
+
+async def save_enrollment(
+    store: BlobStore, name: str, photo_id: str, photo: bytes, extension: str, record: EmbeddingRecord
+) -> None:
+    """Keep an enrolled photo and its embedding record (the record last: listing records finds whole entries)."""
+    await store.put(photo_key(name, photo_id, extension), photo)
+    await store.put(embedding_key(name, photo_id), record.model_dump_json().encode("utf-8"), "application/json")

@@ -21,7 +21,7 @@ from facerec.scaler.service import ScalerService
 from facerec.settings import Settings
 from facerec.web.app import create_app
 from tests.conftest import jpeg_bytes
-from tests.test_ec2_fleet import PREFIX, REGION, ec2, endpoint, make_pool, moto_endpoint  # noqa: F401 - fixtures
+from tests.test_ec2_fleet import PREFIX, REGION, ec2, make_pool  # noqa: F401 - `ec2` is a fixture
 
 SERVICE_TIME_S = 0.2
 

@@ -14,7 +14,7 @@ import pytest
 def test_bench_web_smoke(tmp_path: Path) -> None:
     out = tmp_path / "web.json"
     argv = [sys.executable, "-m", "facerec", "bench", "web", "--requests=40", "--concurrency=8", "--runs=1"]
-    done = subprocess.run([*argv, "--backend=memory", f"--out={out}"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*argv, "--backend=memory", f"--json={out}"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     [run] = report["runs"]

@@ -97,6 +97,13 @@ def embedding_rates(recognizer: Any, crop_size: int, rounds: int) -> dict[str, A
     }
 
 
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -143,7 +150,9 @@ def command(json_path: Path, datasets: Path, lfw_count: int, rounds: int, random
         "load_s": round(time.perf_counter() - started, 2),
         "rounds": rounds,
     }
-    results["cse546"] = pipeline_rates(recognizer, cse546_images(datasets), rounds)
+    results["rss_after_load_mb"] = round(current_rss_mb(), 1)
+    # The course's workload sends its 10 distinct images over and over: batches up to 32 of them, as a worker sees.
+    results["cse546"] = pipeline_rates(recognizer, (cse546_images(datasets) * 7)[:64], rounds)
     results["lfw_small"] = pipeline_rates(recognizer, lfw_images(datasets, lfw_count), rounds)
     results["embedding"] = embedding_rates(recognizer, settings.crop_size, rounds)
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)

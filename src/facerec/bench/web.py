@@ -243,7 +243,11 @@ async def _drive(base_url: str, requests: int, concurrency: int, runs: int) -> l
     "`auto` picks local when facerec.backend exists.",
 )
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-web.json"), help="JSON report."
+    "--json",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-web.json"),
+    help="JSON report.",
 )
 @click.option("--serve-port", type=int, default=None, hidden=True)
 @click.option("--data-dir", type=str, default=None, hidden=True)

@@ -25,22 +25,44 @@ def person_photos(directory: Path, per_person: int | None) -> dict[str, list[Pat
 
 @click.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--gallery", "gallery_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gallery", "gallery_path", type=click.Path(dir_okay=False, path_type=Path), help="Gallery file.")
+@click.option(
+    "--store",
+    "to_store",
+    is_flag=True,
+    help="Enroll into the data tier's gallery store instead (what the API and every worker use).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="With --store: local data dir.")
 @click.option("--per-person", type=click.IntRange(min=1), help="Use at most N photos of each person (sorted).")
 @model_options
-def enroll(directory: Path, gallery_path: Path, per_person: int | None, **options: Any) -> None:
-    """Enroll DIRECTORY (one sub-folder of photos per person, named after them) into a gallery file.
+def enroll(
+    directory: Path,
+    gallery_path: Path | None,
+    to_store: bool,
+    data_dir: Path | None,
+    per_person: int | None,
+    **options: Any,
+) -> None:
+    """Enroll DIRECTORY (one sub-folder of photos per person, named after them) into a gallery file, or with
+    --store into the running service's gallery store (photos with exactly one face only).
 
     Photos without a face or that cannot be decoded are listed, never silently skipped.
     """
     from facerec.recognition.gallery import Gallery
     from facerec.recognition.recognizer import Recognizer
 
+    if (gallery_path is None) == (not to_store):
+        raise click.UsageError("give either --gallery FILE or --store")
+    if data_dir is not None:
+        options["data_dir"] = data_dir
     settings = settings_from_options(options)
     people = person_photos(directory, per_person)
     if not people:
         raise click.UsageError(f"{directory} has no sub-folders (one per person expected)")
     recognizer = Recognizer(settings)
+    if to_store:
+        enroll_into_store(recognizer, settings, people)
+        return
     jobs = [(name, path) for name, photos in people.items() for path in photos]
     embeddings: dict[str, list[Any]] = {name: [] for name in people}
     problems: list[str] = []
@@ -63,6 +85,43 @@ def enroll(directory: Path, gallery_path: Path, per_person: int | None, **option
     gallery = Gallery.from_people(embeddings, recognizer.gallery_meta())
     if len(gallery) == 0:
         raise click.ClickException("no face found in any photo; gallery not written")
+    assert gallery_path is not None
     gallery.save(gallery_path)
     used = sum(len(vectors) for vectors in embeddings.values())
     click.echo(f"enrolled {len(gallery)} people from {used} photos into {gallery_path} ({len(problems)} skipped)")
+
+
+def enroll_into_store(recognizer: Any, settings: Any, people: dict[str, list[Path]]) -> None:
+    """Embed each photo with exactly one face and write it to the data tier's gallery store."""
+    import asyncio
+
+    from facerec import keys
+    from facerec.backend import open_data_tier
+    from facerec.people import EmbeddingRecord, normalise_name, save_enrollment
+    from facerec.recognition.results import Enrollment
+
+    jobs = [(normalise_name(name), path) for name, photos in people.items() for path in photos]
+    fields = recognizer.embedding_fields()
+    enrolled: list[tuple[str, Path, Enrollment]] = []
+    with tqdm(total=len(jobs), unit="photo", desc="enroll") as progress:
+        for start in range(0, len(jobs), recognizer.settings.batch_max):
+            chunk = jobs[start : start + recognizer.settings.batch_max]
+            for (name, path), outcome in zip(chunk, recognizer.enroll([p.read_bytes() for _, p in chunk]), strict=True):
+                if isinstance(outcome, Enrollment):
+                    enrolled.append((name, path, outcome))
+                else:
+                    click.echo(f"skipped {path}: {outcome.message}", err=True)
+            progress.update(len(chunk))
+
+    async def write() -> None:
+        async with open_data_tier(settings) as data:
+            if data.gallery is None:
+                raise click.ClickException("this backend has no gallery store")
+            for name, path, outcome in enrolled:
+                photo_id = keys.new_request_id()
+                record = EmbeddingRecord.from_vector(outcome.vector, person=name, photo_id=photo_id, **fields)
+                await save_enrollment(data.gallery, name, photo_id, path.read_bytes(), path.suffix.lower(), record)
+
+    asyncio.run(write())
+    names = {name for name, _, _ in enrolled}
+    click.echo(f"enrolled {len(names)} people from {len(enrolled)} photos into the gallery store ({settings.backend})")

@@ -6,9 +6,10 @@ a torn one. Keys are checked lexically and then by resolved path, so none can le
 paths, backslashes, NUL, symlinks planted inside the root). Empty sub-directories left by `delete` are kept:
 removing them would race with a concurrent `put` into the same directory.
 
-File IO (and path resolution) runs in worker threads (`asyncio.to_thread`). Measured for a 20 KB object: a put
-takes about 120 us inline, the thread hop adds about 30 us; worth it so the event loop never stalls on a slow
-or busy disk.
+Objects up to INLINE_MAX_BYTES are read and written on the event loop; larger ones in a worker thread. Measured
+with the web tier under 100 concurrent clients (fake worker, SQLite queues): every blob operation in a thread
+gave 500 requests/s, small ones inline 800 requests/s; a 20 KB put takes about 120 us, while the thread hops
+(and GIL hand-offs) under load cost more than the IO itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from facerec.ports import BlobNotFound, InvalidKey, PortError
 
 KEY_MAX_BYTES = 1024
 _TEMP_NAME = re.compile(r"^\.~[0-9a-f]{32}\.tmp$")
+INLINE_MAX_BYTES = 256 * 1024
+"""Objects this small are read and written without a thread hop (photos from the course are 2 KB)."""
 _PUT_ATTEMPTS = 3
 
 
@@ -69,7 +72,10 @@ class LocalBlobStore:
 
     async def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         validate_key(key)
-        await asyncio.to_thread(self._write, key, bytes(data))
+        if len(data) <= INLINE_MAX_BYTES:
+            self._write(key, bytes(data))
+        else:
+            await asyncio.to_thread(self._write, key, bytes(data))
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -102,7 +108,15 @@ class LocalBlobStore:
 
     async def get(self, key: str) -> bytes:
         validate_key(key)
+        if self._is_small(key):
+            return self._read(key)
         return await asyncio.to_thread(self._read, key)
+
+    def _is_small(self, key: str) -> bool:
+        try:
+            return self._path(key).stat().st_size <= INLINE_MAX_BYTES
+        except OSError:
+            return True  # missing or unreadable: `_read` raises the right error at once
 
     def _read(self, key: str) -> bytes:
         path = self._path(key)

@@ -310,3 +310,32 @@ def test_screenshot_of_a_recognition(
         assert image.width == 1100 and image.height >= 600
         assert len(set(image.convert("RGB").resize((64, 64)).get_flattened_data())) > 50, "screenshot looks blank"
     assert problems.messages == []
+
+
+def test_enroll_through_the_real_people_api(
+    site: Site, browser_page: tuple[Any, PageProblems], face: tuple[str, bytes]
+) -> None:
+    """No mocks: the page talks to the app's gallery endpoints and the fake worker's enrollment."""
+    page, problems = browser_page
+    page.goto(site.base_url + "/")
+    page.locator("#people-status").filter(has_text=re.compile(r"enrolled", re.I)).wait_for()
+    _, photo = face
+    page.fill("#enroll-name", "Abdullah Gul")
+    page.set_input_files(
+        "#enroll-photos",
+        files=[
+            {"name": "gul.jpg", "mimeType": "image/jpeg", "buffer": photo},
+            {"name": "empty-room.jpg", "mimeType": "image/jpeg", "buffer": jpeg_bytes()},
+        ],
+    )
+    page.get_by_role("button", name="Enroll").click()
+    expect_text(page, "#enroll-status", r"^Enrolled Abdullah Gul with 1 photos?\. 1 photos? rejected\.$")
+    assert page.locator("#enroll-used li").all_inner_texts() == ["gul.jpg"]
+    assert page.locator("#enroll-rejected li").all_inner_texts() == ["empty-room.jpg: no face found in the photo"]
+    expect_text(page, "#people-list", r"Abdullah Gul\s*1 photos?")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete Abdullah Gul").click()
+    expect_text(page, "#people-status", r"^Deleted Abdullah Gul\.")
+    assert page.locator("#people-list li").count() == 0
+    assert problems.messages == []

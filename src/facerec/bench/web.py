@@ -31,7 +31,16 @@ from fastapi import FastAPI
 from PIL import Image
 
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
-from facerec.messages import RecognitionRequest, RecognitionResponse, RecognitionResult, Timings, parse_request
+from facerec.messages import (
+    ErrorCode,
+    RecognitionRequest,
+    RecognitionResponse,
+    RecognitionResult,
+    ResponseError,
+    Timings,
+    parse_request,
+)
+from facerec.people import EmbeddingRecord
 from facerec.ports import DataTier
 from facerec.settings import Settings
 
@@ -111,17 +120,42 @@ class InstantWorker:
             done: list[str] = []
             for message in messages:
                 request = parse_request(message.body)
-                response = self._answer(request, await self._data.inputs.get(request.input_key))
+                if request.kind == "enroll":
+                    response = await self._enroll(request)
+                else:
+                    response = self._answer(request, await self._data.inputs.get(request.input_key))
+                    if response is not None and response.result is not None:
+                        await self._data.outputs.put(request.output_key, response.result.name.encode())
                 if response is None:
                     continue  # left to be redelivered (and eventually dead-lettered)
-                if response.result is not None:
-                    await self._data.outputs.put(request.output_key, response.result.name.encode())
                 replies.append(response.to_json())
                 done.append(message.receipt)
             if replies:
                 await self._data.responses.send_batch(replies)
                 await self._data.requests.delete_batch(done)
                 self.handled += len(done)
+
+    async def _enroll(self, request: RecognitionRequest) -> RecognitionResponse | None:
+        """Enrollment as the real worker does it, with the answerer's result standing for the detected face."""
+        assert self._data.gallery is not None
+        response = self._answer(request, await self._data.gallery.get(request.input_key))
+        if response is None or response.result is None:
+            return response
+        if response.result.no_face:
+            error = ResponseError(code=ErrorCode.NOT_ONE_FACE, message="no face found in the photo")
+            return RecognitionResponse(id=request.id, error=error, worker=response.worker)
+        record = EmbeddingRecord.from_vector(
+            [1.0, 0.0],
+            person=request.person or "",
+            photo_id=request.id,
+            weights="instant",
+            crop_size=0,
+            margin=0,
+            normalisation="none",
+        )
+        await self._data.gallery.put(request.output_key, record.model_dump_json().encode(), "application/json")
+        result = response.result.model_copy(update={"name": request.person or "", "unknown": False})
+        return response.model_copy(update={"result": result})
 
 
 def instant_worker_companion(answer: Answerer = answer_by_digest) -> Callable[[FastAPI, DataTier], InstantWorker]:

@@ -40,6 +40,9 @@ def worker(
     **overrides: Any,
 ) -> None:
     """Run one worker: load the model, then recognize batches from the request queue until SIGTERM."""
+    from facerec.worker.memory import lean_worker_process
+
+    lean_worker_process()  # before torch is imported or any thread starts
     from facerec.worker.service import import_factory, load_recognizer, run_worker
 
     configure_logging(log_level.upper())

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from facerec.bench.web import digest_name
@@ -35,16 +36,18 @@ def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its state per process, not per server: start each test from nothing.
+    httpx.post(f"http://{host}:{port}/moto-api/reset").raise_for_status()
     yield f"http://{host}:{port}"
     server.stop()
 
 
-def _create_aws_resources(settings: Settings) -> None:
+def create_aws_resources(settings: Settings) -> None:
     import boto3
 
     kwargs: dict[str, Any] = {"endpoint_url": settings.aws_endpoint_url, "region_name": settings.aws_region}
     s3 = boto3.client("s3", **kwargs)
-    for bucket in (settings.in_bucket, settings.out_bucket):
+    for bucket in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket):
         s3.create_bucket(Bucket=bucket)
     sqs = boto3.client("sqs", **kwargs)
     dlq_url = sqs.create_queue(QueueName=settings.dlq)["QueueUrl"]
@@ -80,6 +83,29 @@ async def test_local_backend_round_trip(tmp_path: Path) -> None:
 
 async def test_aws_backend_round_trip_on_moto(moto_endpoint: str) -> None:
     settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": moto_endpoint, "web_poll_wait_s": 1.0}
-    _create_aws_resources(Settings(**settings))
+    create_aws_resources(Settings(**settings))
     # moto is slow per round trip (see DESIGN.md): a few dozen requests prove the wiring.
     await _round_trip(30, **settings)
+
+
+async def test_aws_store_failure_is_503_naming_it_then_recovers(moto_endpoint: str) -> None:
+    import boto3
+
+    settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": moto_endpoint, "web_poll_wait_s": 1.0}
+    config = Settings(**settings)
+    create_aws_resources(config)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=config.aws_region)
+    async with running_web(data_tier=backend.open_data_tier, **settings) as web:
+        assert (await web.client.post("/", **upload(jpeg_bytes(), "a.jpg"))).status_code == 200
+        for item in s3.list_objects_v2(Bucket=config.in_bucket).get("Contents", []):
+            s3.delete_object(Bucket=config.in_bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=config.in_bucket)  # S3 now answers NoSuchBucket
+
+        down = await web.client.post("/", **upload(jpeg_bytes(), "b.jpg"))
+        assert down.status_code == 503 and "image store" in down.text
+        ready = await web.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["inputs"].startswith("unavailable")
+
+        s3.create_bucket(Bucket=config.in_bucket)
+        assert (await web.client.get("/readyz")).status_code == 200
+        assert (await web.client.post("/", **upload(jpeg_bytes(), "c.jpg"))).status_code == 200

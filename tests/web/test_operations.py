@@ -147,7 +147,14 @@ def test_serving_requests_never_imports_torch() -> None:
                     assert reply.status_code == 200, reply.text
                     await client.get("/metrics")
                     await client.get("/openapi.json")
-            print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "facenet_pytorch")))
+                    await client.get("/", headers={"Accept": "text/html"})
+                    files = [("photos", ("p.png", buffer.getvalue()))]
+                    assert (await client.post("/v1/people/Ada/photos", files=files)).status_code == 200
+                    assert (await client.get("/v1/people")).status_code == 200
+                    assert (await client.delete("/v1/people/Ada")).status_code in (204, 404)
+            # numpy too: the web image (Dockerfile.web) does not install it.
+            heavy = ("torch", "torchvision", "facenet_pytorch", "numpy")
+            print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
 
         asyncio.run(main())
         """

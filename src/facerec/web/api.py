@@ -14,32 +14,20 @@ from facerec.messages import Box
 from facerec.ports import DataTier
 from facerec.web.errors import ErrorBody
 from facerec.web.gateway import Answer, RecognitionGateway
-from facerec.web.uploads import UPLOAD_FIELD, read_upload
+from facerec.web.uploads import UPLOAD_FIELD, multipart_body, read_upload
 
 router = APIRouter()
 
 CHECK_TIMEOUT_S = 2.0
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [UPLOAD_FIELD],
-                    "properties": {
-                        UPLOAD_FIELD: {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "The photo: JPEG, PNG, WebP, BMP, GIF or TIFF (sniffed from its bytes).",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = multipart_body(
+    UPLOAD_FIELD,
+    {
+        "type": "string",
+        "format": "binary",
+        "description": "The photo: JPEG, PNG, WebP, BMP, GIF or TIFF (sniffed from its bytes).",
+    },
+)
 
 _ERRORS: dict[int, str] = {
     400: "Empty file or malformed multipart body.",

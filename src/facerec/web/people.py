@@ -14,7 +14,7 @@ from facerec import people
 from facerec.ports import BlobStore, PortError
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import RecognitionGateway
-from facerec.web.uploads import read_photos
+from facerec.web.uploads import multipart_body, read_photos
 
 router = APIRouter(prefix="/v1/people", tags=["people"])
 
@@ -103,20 +103,7 @@ async def list_people(request: Request) -> PeopleOut:
         "recognize the person within a few seconds."
     ),
     responses=_errors(400, 413, 422, 501, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [PHOTO_FIELD],
-                        "properties": {PHOTO_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=multipart_body(PHOTO_FIELD, {"type": "array", "items": {"type": "string", "format": "binary"}}),
 )
 async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
     person = _name(name)

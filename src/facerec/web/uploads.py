@@ -4,6 +4,7 @@ and content sniffing by magic bytes (the client's filename and Content-Type are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +33,12 @@ def sniff_image_type(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+def multipart_body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` of a multipart form with one required field (routes read the form themselves)."""
+    form = {"type": "object", "required": [field], "properties": {field: schema}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from facerec import keys
 from facerec.messages import RecognitionRequest, parse_response
 from facerec.recognition.results import BatchRecognizer
 from facerec.settings import Settings
+from facerec.worker.memory import MALLOC_ARENAS
 
 RESPONSE_POLL_PAUSE_S = 0.05
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -181,7 +182,9 @@ def run_worker_once(
         *worker_args,
     ]
     with log_file.open("wb") as log_handle:
-        process = subprocess.Popen(argv, stderr=log_handle, stdout=log_handle)
+        # Started as LocalFleet, the systemd unit and the worker image start workers (fewer malloc arenas).
+        env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))}
+        process = subprocess.Popen(argv, stderr=log_handle, stdout=log_handle, env=env)
         try:
             load_started = time.perf_counter()
             _wait_ready(process, ready, within_s=600)

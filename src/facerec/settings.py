@@ -81,7 +81,14 @@ class Settings(BaseSettings):
     )
 
     # --- worker -----------------------------------------------------------------------------------
-    batch_max: int = Field(32, ge=1, le=256, description="Most requests a worker recognizes in one batch.")
+    batch_max: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most requests a worker recognizes in one batch. 16: as fast as 32 here (99% vs 102% of the "
+        "raw recognizer) with a peak RSS under 1 GB (884-972 MB vs 985-1092 MB at 32: MTCNN's candidate boxes "
+        "grow with the batch).",
+    )
     batch_fill_wait_ms: float = Field(
         20.0, ge=0, le=1000, description="How long a worker waits for more requests to fill a batch."
     )

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from facerec.messages import Box, RecognitionResult
 from facerec.web.page import POINTER
-from tests.conftest import DATASETS, REPO_ROOT, jpeg_bytes
+from tests.conftest import REPO_ROOT, jpeg_bytes
 from tests.web.browser import FakePeopleApi, PageProblems, ScriptedWorker, chromium, require_browser, serving
 from tests.web.harness import running_web, upload
 
@@ -63,15 +63,14 @@ async def test_get_root_serves_the_page_to_browsers_and_a_pointer_to_everyone_el
 
 
 def face_photo() -> tuple[str, bytes]:
-    """A real portrait from the shared LFW sample when present; otherwise a drawn stand-in of the same size
-    (the worker is fake either way, so only the screenshot loses realism)."""
-    lfw = DATASETS / "lfw_small"
-    if lfw.is_dir():
-        photo = min(p for p in lfw.glob("*/*.jpg"))
-        return photo.name, photo.read_bytes()
+    """A drawn stand-in portrait: the worker is fake, and the screenshot committed under docs/ must not carry a
+    photo from the shared datasets (they are never copied into the repository)."""
     image = Image.new("RGB", (250, 250), (90, 110, 140))
     draw = ImageDraw.Draw(image)
     draw.ellipse((80, 70, 170, 190), fill=(225, 190, 160))
+    draw.ellipse((103, 110, 117, 120), fill=(60, 50, 40))
+    draw.ellipse((133, 110, 147, 120), fill=(60, 50, 40))
+    draw.arc((105, 140, 145, 165), start=20, end=160, fill=(150, 60, 60), width=3)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG")
     return "stand_in_face.jpg", buffer.getvalue()

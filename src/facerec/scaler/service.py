@@ -47,7 +47,6 @@ class ScalerService:
         self.settings = settings
         self._open_fleet = open_fleet or _default_fleet_opener
         self.fleet: Fleet | None = None
-        self.scaler: Scaler | None = None
 
     async def worker_count(self) -> int:
         """Workers running or starting, for /metrics (0 before the fleet is open)."""
@@ -70,8 +69,7 @@ class ScalerService:
                 interval_s=self.settings.scaler_interval_s,
             )
             pending.add_listener(scaler.notify)
-            self.fleet, self.scaler = fleet, scaler
-            app.state.scaler = scaler
+            self.fleet = fleet
             task = asyncio.create_task(scaler.run(), name="facerec-scaler")
             log.info("scaler_started", extra={"max_workers": scaler.config.max_workers})
             try:

@@ -14,7 +14,7 @@ from starlette.types import Receive
 
 from facerec import keys, people
 from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse
-from facerec.ports import DataTier, PortError
+from facerec.ports import BlobStore, DataTier, PortError
 from facerec.settings import Settings
 from facerec.web.errors import ServiceError
 from facerec.web.pending import PendingRequests
@@ -102,16 +102,7 @@ class RecognitionGateway:
             person=person,
         )
         try:
-            try:
-                await gallery.put(message.input_key, upload.data, upload.content_type)
-            except PortError as exc:
-                raise _unavailable("gallery store", exc) from None
-            try:
-                await self._data.requests.send(message.to_json())
-            except PortError as exc:
-                with contextlib.suppress(Exception):
-                    await gallery.delete(message.input_key)
-                raise _unavailable("request queue", exc) from None
+            await self._store_and_send(gallery, "gallery store", upload, message)
             assert message.deadline is not None
             response = await self._await_answer(request_id, future, None, message.deadline - time.time())
         finally:
@@ -143,17 +134,23 @@ class RecognitionGateway:
             enqueued_at=now,
             deadline=now + self._settings.request_deadline_s,
         )
+        await self._store_and_send(self._data.inputs, "image store", upload, message)
+        return message
+
+    async def _store_and_send(
+        self, store: BlobStore, store_label: str, upload: Upload, message: RecognitionRequest
+    ) -> None:
+        """Put the image under `message.input_key`, then send the message; 503 naming whichever failed."""
         try:
-            await self._data.inputs.put(message.input_key, upload.data, upload.content_type)
+            await store.put(message.input_key, upload.data, upload.content_type)
         except PortError as exc:
-            raise _unavailable("image store", exc) from None
+            raise _unavailable(store_label, exc) from None
         try:
             await self._data.requests.send(message.to_json())
         except PortError as exc:
             with contextlib.suppress(Exception):  # nobody will process it; do not leave an orphan input
-                await self._data.inputs.delete(message.input_key)
+                await store.delete(message.input_key)
             raise _unavailable("request queue", exc) from None
-        return message
 
     async def _await_answer(
         self,

@@ -107,17 +107,11 @@ async def read_photos(
                     422, "missing_field", f"expected image files in multipart form field '{field}' (received: {others})"
                 )
             for part in parts:
-                data = await part.read(max_bytes + 1)
                 filename = part.filename or ""
-                content_type = sniff_image_type(data)
-                if len(data) > max_bytes:
-                    rejected.append(RejectedFile(filename, f"larger than the limit of {max_bytes} bytes"))
-                elif not data:
-                    rejected.append(RejectedFile(filename, "empty file"))
-                elif content_type is None:
-                    rejected.append(RejectedFile(filename, "not a JPEG, PNG, WebP, BMP, GIF or TIFF image"))
-                else:
-                    uploads.append(Upload(filename=filename, data=data, content_type=content_type))
+                try:
+                    uploads.append(checked_image(filename, await part.read(max_bytes + 1), max_bytes, field))
+                except ServiceError as exc:
+                    rejected.append(RejectedFile(filename, exc.message))
     except StarletteHTTPException as exc:  # malformed multipart, or more files than allowed
         raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
     return uploads, rejected
@@ -139,6 +133,12 @@ async def read_upload(request: Request, max_bytes: int, field: str = UPLOAD_FIEL
             filename = part.filename or ""
     except StarletteHTTPException as exc:  # malformed multipart
         raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
+    return checked_image(filename, data, max_bytes, field)
+
+
+def checked_image(filename: str, data: bytes, max_bytes: int, field: str) -> Upload:
+    """An upload whose bytes are a supported image within the limit (read up to `max_bytes + 1` to tell);
+    raises ServiceError 413/400/415 otherwise."""
     if len(data) > max_bytes:
         raise too_large(max_bytes)
     if not data:

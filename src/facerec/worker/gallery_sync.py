@@ -25,7 +25,6 @@ class GallerySync:
         self._records: dict[str, EmbeddingRecord | None] = {}
         """Key -> its record; None for a record this model cannot use (other weights or settings)."""
         self._applied: frozenset[str] | None = None
-        self.refreshed = asyncio.Event()
 
     async def refresh(self) -> bool:
         """Bring the recognizer up to date; True if its people changed."""
@@ -63,6 +62,5 @@ class GallerySync:
                 await self.refresh()
             except PortError as exc:
                 log.warning("gallery_refresh_failed", extra={"error": str(exc)[:200]})
-            self.refreshed.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import csv
-import io
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MOTO_REGION = "us-east-1"
-DATASETS = Path(os.environ.get("FACEREC_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+from facerec.testing import MOTO_CREDENTIALS, moto_server
+from tests.aws import boto3_client
+from tests.paths import DATASETS
+
+pytest_plugins = ["pytester", "tests.strict_skips"]
 
 
 def _require(path: Path) -> Path:
@@ -62,39 +63,29 @@ def lfw_people(lfw_dir: Path) -> dict[str, list[Path]]:
     }
 
 
-def jpeg_bytes(color: tuple[int, int, int] = (120, 80, 40), size: tuple[int, int] = (64, 64)) -> bytes:
-    """A small valid JPEG with no face in it."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto's server on a free local port: aioboto3 talks HTTP to it (`mock_aws` cannot patch aiobotocore)."""
-    from moto.server import ThreadedMotoServer
+    """One moto server for the whole session, with dummy credentials (never real ones) in the environment.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    Tests that share it name their resources uniquely; tests that need an empty account use `endpoint`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in MOTO_CREDENTIALS.items():
+            patch.setenv(variable, value)
+        # A developer's ~/.aws profile must not leak into the tests.
+        patch.delenv("AWS_PROFILE", raising=False)
+        with moto_server() as endpoint:
+            yield endpoint
 
 
 @pytest.fixture
-def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A reset moto server and dummy credentials (never real ones) for one test."""
+def endpoint(moto_endpoint: str) -> str:
+    """The moto server, reset: moto keeps its state per process, so each test starts from an empty account."""
     import httpx
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": MOTO_REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
     return moto_endpoint
+
+
+@pytest.fixture
+def ec2(endpoint: str) -> Any:
+    return boto3_client("ec2", endpoint)

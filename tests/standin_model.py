@@ -44,13 +44,6 @@ def install_standin_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "facerec.recognition.weights", standin_weights_module())
 
 
-def real_recognizer_or_skip(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
-    """The recognizer with the prepared casia-webface weights; skips when they are not available."""
-    try:
-        from facerec.recognition import weights
-    except ImportError:
-        pytest.skip("facerec.recognition.weights is not available")
-    try:
-        return Recognizer(settings or Settings(), gallery)
-    except weights.WeightsUnavailable as exc:
-        pytest.skip(f"weights not prepared (run `facerec weights prepare`): {exc}")
+def real_recognizer(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
+    """The recognizer with the casia-webface weights (converted into the cache on first use)."""
+    return Recognizer(settings or Settings(), gallery)

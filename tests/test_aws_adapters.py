@@ -17,9 +17,7 @@ from facerec.adapters.sqs_queue import SqsQueue
 from facerec.backend import open_data_tier
 from facerec.ports import BlobNotFound, PortError
 from facerec.settings import Settings
-from tests.contract.conftest import boto3_client, moto_clients, moto_endpoint, moto_settings, unique_name
-
-__all__ = ["moto_endpoint"]  # the session fixture, shared with the contract tests
+from tests.aws import boto3_client, moto_clients, moto_settings, unique_name
 
 
 def provision(settings: Settings) -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from facerec.cli import main
 from facerec.cli.enroll import person_photos
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes
 from tests.standin_model import install_standin_weights
 
 pytestmark = pytest.mark.slow
@@ -96,16 +96,6 @@ def test_lfw_small_accuracy_with_the_real_weights(
     lfw_dir: Path, lfw_people: dict[str, list[Path]], tmp_path: Path
 ) -> None:
     """Acceptance: enroll the first 3 photos of each person, recognize the other 3: at least 95% correct."""
-    try:
-        from facerec.recognition import weights
-    except ImportError:
-        pytest.skip("facerec.recognition.weights is not available")
-    from facerec.settings import Settings
-
-    try:
-        weights.load_embedding_model(Settings())
-    except weights.WeightsUnavailable as exc:
-        pytest.skip(f"weights not prepared (run `facerec weights prepare`): {exc}")
     gallery = tmp_path / "lfw.pt"
     runner = CliRunner()
     enrolled = runner.invoke(main, ["enroll", str(lfw_dir), "--gallery", str(gallery), "--per-person", "3"])

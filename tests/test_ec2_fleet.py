@@ -5,46 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
-from facerec.adapters.ec2_fleet import EC2_STATES, Ec2Fleet, instance_tags
+from facerec.adapters.ec2_fleet import EC2_STATES, Ec2Fleet
 from facerec.ports import Fleet, PortError, WorkerState
 from facerec.settings import Settings
-
-REGION = "us-east-1"
-PREFIX = "fleet-test"
-
-
-@pytest.fixture
-def ec2(endpoint: str) -> Any:
-    return boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
-
-
-def image_id(ec2: Any) -> str:
-    # Filtered: moto's full image list is large and slow to serialise.
-    images = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}], Owners=["amazon"])
-    return images["Images"][0]["ImageId"]
-
-
-def make_pool(ec2: Any, size: int, prefix: str = PREFIX) -> list[str]:
-    """Stopped app-tier instances, created in reverse name order (the fleet must sort by name)."""
-    ids: dict[int, str] = {}
-    image = image_id(ec2)
-    for number in range(size, 0, -1):
-        reply = ec2.run_instances(
-            ImageId=image,
-            MinCount=1,
-            MaxCount=1,
-            TagSpecifications=[
-                {"ResourceType": "instance", "Tags": instance_tags(f"app-tier-instance-{number}", prefix)}
-            ],
-        )
-        ids[number] = reply["Instances"][0]["InstanceId"]
-    ec2.stop_instances(InstanceIds=list(ids.values()))
-    return [ids[n] for n in sorted(ids)]
+from tests.aws import PREFIX, REGION, image_id, make_pool
 
 
 def ec2_states(ec2: Any, ids: list[str]) -> list[str]:

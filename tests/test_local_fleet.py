@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,13 +26,18 @@ FAKE_WORKER = textwrap.dedent(
     """
     import json, os, signal, sys, time
 
-    mode, delay = sys.argv[1], float(sys.argv[2])
+    # argv: mode, then how loading ends: a delay in seconds, or "gate:PATH" (ready once PATH exists).
+    mode, load = sys.argv[1], sys.argv[2]
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("FACEREC_")}), flush=True)
-    time.sleep(delay)
+    if load.startswith("gate:"):
+        while not os.path.exists(load.removeprefix("gate:")):
+            time.sleep(0.01)
+    else:
+        time.sleep(float(load))
     ready = os.environ["FACEREC_WORKER_READY_FILE"]
     with open(ready + ".tmp", "w") as handle:
         handle.write(str(os.getpid()))
@@ -61,11 +67,13 @@ async def make_fleet(settings: Settings, fake_worker: Path, tmp_path: Path) -> A
     """Builds fleets running the fake worker; closes them all afterwards (close() is idempotent)."""
     fleets: list[LocalFleet] = []
 
-    def make(mode: str = "graceful", delay: float = 0.1, max_workers: int = 3, **kwargs: object) -> LocalFleet:
+    def make(mode: str = "graceful", delay: float | Path = 0.1, max_workers: int = 3, **kwargs: object) -> LocalFleet:
+        """`delay`: seconds until the fake worker is ready, or a gate file it waits for."""
+        load = f"gate:{delay}" if isinstance(delay, Path) else str(delay)
         fleet = LocalFleet(
             settings,
             max_workers=max_workers,
-            command=[sys.executable, str(fake_worker), mode, str(delay)],
+            command=[sys.executable, str(fake_worker), mode, load],
             log_dir=tmp_path / "logs",
             **kwargs,  # type: ignore[arg-type]
         )
@@ -107,14 +115,20 @@ def states(workers: list[WorkerInfo]) -> dict[str, WorkerState]:
     return {w.name: w.state for w in workers}
 
 
-async def test_start_respects_max_names_and_becomes_running(make_fleet: Callable[..., LocalFleet]) -> None:
-    fleet = make_fleet(max_workers=3)
+async def test_start_respects_max_names_and_becomes_running(
+    make_fleet: Callable[..., LocalFleet], tmp_path: Path
+) -> None:
+    # The workers stay loading until the gate opens: "pending" is observed, not raced against start-up.
+    gate = tmp_path / "gate"
+    fleet = make_fleet(max_workers=3, delay=gate)
     assert isinstance(fleet, Fleet)
     started = await fleet.start(5)
     assert [w.name for w in started] == [f"app-tier-instance-{n}" for n in (1, 2, 3)]
     assert all(w.state is WorkerState.PENDING for w in started)
     assert all(w.launched_at and abs(w.launched_at - time.time()) < 5 for w in started)
     assert await fleet.start(2) == []
+    assert [w.state for w in await fleet.list()] == [WorkerState.PENDING] * 3
+    gate.touch()
     await wait_for(fleet, lambda ws: [w.state for w in ws] == [WorkerState.RUNNING] * 3)
     assert len(await fleet.list()) == 3
 
@@ -136,25 +150,37 @@ async def test_stop_goes_through_stopping_then_frees_the_name(make_fleet: Callab
     assert [w.name for w in await fleet.start(1)] == ["app-tier-instance-2"]  # lowest free number
 
 
-async def test_stop_of_pending_worker(make_fleet: Callable[..., LocalFleet]) -> None:
-    fleet = make_fleet(max_workers=1, delay=30.0)
+async def wait_for_output(log_file: Path, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(lambda: log_file.exists() and log_file.read_text().strip() != ""):
+        assert time.monotonic() < deadline, f"{log_file} stayed empty for {within} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_stop_of_pending_worker(make_fleet: Callable[..., LocalFleet], tmp_path: Path) -> None:
+    fleet = make_fleet(max_workers=1, delay=tmp_path / "never-opened")
     [worker] = await fleet.start(1)
-    await asyncio.sleep(0.2)
+    await wait_for_output(tmp_path / "logs" / "app-tier-instance-1.log")  # the worker runs, still loading
     assert states(await fleet.list()) == {"app-tier-instance-1": WorkerState.PENDING}
     await fleet.stop([worker.worker_id])
     await wait_for(fleet, lambda ws: ws == [], within=2.0)
 
 
-async def test_sigterm_ignored_escalates_to_sigkill(make_fleet: Callable[..., LocalFleet]) -> None:
+async def test_sigterm_ignored_escalates_to_sigkill(
+    make_fleet: Callable[..., LocalFleet], caplog: pytest.LogCaptureFixture
+) -> None:
     fleet = make_fleet(mode="stubborn", max_workers=1, delay=0.0, stop_grace_s=0.3)
     [worker] = await fleet.start(1)
     await wait_for(fleet, lambda ws: ws[0].state is WorkerState.RUNNING)
-    await fleet.stop([worker.worker_id])
-    await asyncio.sleep(0.15)
-    assert states(await fleet.list()) == {"app-tier-instance-1": WorkerState.STOPPING}
-    took = await wait_for(fleet, lambda ws: ws == [], within=3.0)
-    assert 0.05 < took < 2.0
+    with caplog.at_level(logging.INFO, logger="facerec.adapters.local_fleet"):
+        await fleet.stop([worker.worker_id])
+        assert states(await fleet.list()) == {"app-tier-instance-1": WorkerState.STOPPING}
+        took = await wait_for(fleet, lambda ws: ws == [], within=10.0)
+    assert took > 0.2  # it ignored SIGTERM for (about) the whole 0.3 s grace period
     assert not is_alive(pid_of(worker))
+    [exited] = [r for r in caplog.records if r.getMessage() == "worker_exited"]
+    assert exited.exit_code == -signal.SIGKILL
+    assert [r.getMessage() for r in caplog.records].count("worker_killed") == 1
 
 
 async def test_crashed_worker_is_reaped_and_replaced(make_fleet: Callable[..., LocalFleet]) -> None:
@@ -255,6 +281,7 @@ def test_workers_die_with_a_killed_parent(fake_worker: Path, tmp_path: Path) -> 
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
+        parent.stdout.close()
     deadline = time.monotonic() + 5
     while any(map(is_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,9 @@ def start_consumer(tmp_path: Path, index: int, *extra: str) -> subprocess.Popen[
         str(tmp_path / "done"),
         *extra,
     ]
-    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe: nobody reads a pipe while the consumer runs, and a full one would block it.
+    with open(tmp_path / f"consumer{index}.stderr", "ab") as stderr:
+        return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stderr=stderr)
 
 
 async def produce(tmp_path: Path) -> None:
@@ -61,7 +63,7 @@ def stalled(log: Path) -> bool:
     return log.exists() and "STALLED" in log.read_text()
 
 
-def wait_all(processes: list[subprocess.Popen[bytes]], within_s: float) -> None:
+def wait_all(processes: list[subprocess.Popen[bytes]], within_s: float, tmp_path: Path) -> None:
     deadline = time.monotonic() + within_s
     for process in processes:
         try:
@@ -70,7 +72,7 @@ def wait_all(processes: list[subprocess.Popen[bytes]], within_s: float) -> None:
             for other in processes:
                 other.kill()
             pytest.fail(f"consumers did not drain the queue within {within_s} s")
-        assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
+        assert process.returncode == 0, "\n".join(log.read_text() for log in tmp_path.glob("consumer*.stderr"))
 
 
 async def test_four_processes_each_message_deleted_exactly_once(tmp_path: Path) -> None:
@@ -79,7 +81,7 @@ async def test_four_processes_each_message_deleted_exactly_once(tmp_path: Path) 
     consumers = [start_consumer(tmp_path, i) for i in range(CONSUMERS)]
     try:
         await produce(tmp_path)
-        await asyncio.to_thread(wait_all, consumers, 40)
+        await asyncio.to_thread(wait_all, consumers, 40, tmp_path)
     finally:
         for process in consumers:
             process.kill()
@@ -107,7 +109,7 @@ async def test_sigkilled_consumer_holding_a_batch_loses_nothing(tmp_path: Path) 
         doomed.send_signal(signal.SIGKILL)
         assert doomed.wait(5) == -signal.SIGKILL
         await producing
-        await asyncio.to_thread(wait_all, survivors, 40)
+        await asyncio.to_thread(wait_all, survivors, 40, tmp_path)
     finally:
         for process in [doomed, *survivors]:
             process.kill()

@@ -16,7 +16,6 @@ from fastapi import FastAPI
 from PIL import Image, UnidentifiedImageError
 
 from facerec import people
-from facerec.bench.web import memory_data_tier
 from facerec.ports import DataTier
 from facerec.recognition.results import (
     NOT_ONE_FACE,
@@ -29,10 +28,10 @@ from facerec.recognition.results import (
     Outcome,
 )
 from facerec.settings import Settings
+from facerec.testing import jpeg_bytes, memory_data_tier
 from facerec.web.app import create_app
 from facerec.worker.loop import Worker
 from facerec.worker.threads import run_in_daemon_thread
-from tests.conftest import jpeg_bytes
 
 ADA, BOB, NOBODY = (200, 40, 40), (40, 40, 200), (0, 0, 0)
 

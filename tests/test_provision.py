@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from facerec.cli import main
 from facerec.provision import USER_DATA, render_template, render_user_data, worker_environment
 from facerec.settings import Settings
+from tests.aws import image_id as aws_image_id
 
 REGION = "us-east-1"
 PREFIX = "prov-test"
@@ -32,10 +33,7 @@ def cli(endpoint: str, *args: str) -> str:
 
 
 def image_id(endpoint: str) -> str:
-    images = client("ec2", endpoint).describe_images(
-        Filters=[{"Name": "architecture", "Values": ["x86_64"]}], Owners=["amazon"]
-    )
-    return images["Images"][0]["ImageId"]
+    return aws_image_id(client("ec2", endpoint))
 
 
 def app_tier(endpoint: str) -> dict[str, tuple[str, str]]:

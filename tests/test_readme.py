@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from facerec.settings import Settings
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 

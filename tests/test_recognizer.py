@@ -12,9 +12,8 @@ from facerec.recognition.detection import pick_subject
 from facerec.recognition.gallery import Gallery, GalleryMeta, GalleryMismatch
 from facerec.recognition.results import NO_FACE, UNKNOWN, FaceResult, ImageRejected
 from facerec.settings import Settings
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes, png_header_only
 from tests.standin_model import standin_recognizer
-from tests.test_images import png_header_only
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
-from tests.standin_model import real_recognizer_or_skip
+from tests.standin_model import real_recognizer
 
 
 def side_by_side(first: Path, second: Path) -> bytes:
@@ -26,7 +26,7 @@ def side_by_side(first: Path, second: Path) -> bytes:
 def test_enroll_needs_exactly_one_face_and_enrolled_people_are_recognized(
     lfw_people: dict[str, list[Path]],
 ) -> None:
-    recognizer = real_recognizer_or_skip()
+    recognizer = real_recognizer()
     (ann, ann_photos), (bill, bill_photos) = list(lfw_people.items())[2:4]
     blank = io.BytesIO()
     Image.new("RGB", (120, 120), (90, 90, 90)).save(blank, format="PNG")

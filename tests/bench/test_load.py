@@ -13,20 +13,22 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from facerec.bench.load import command, judge, parse_metrics, report_lines, run_load, summarize
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes
 
 ANSWERS = {"a": "Alice", "b": "Bob", "c": "Mallory"}  # c is answered wrongly, d fails
 
 
 async def recognize(request: Request) -> PlainTextResponse:
-    form = await request.form()
-    upload = form["inputFile"]
-    stem = Path(upload.filename).stem
+    async with request.form() as form:  # closes the spooled upload
+        upload = form["inputFile"]
+        assert isinstance(upload, UploadFile) and upload.filename
+        stem = Path(upload.filename).stem
     await asyncio.sleep(0.01)
     if stem == "d":
         return PlainTextResponse("boom", status_code=503)

@@ -137,8 +137,6 @@ async def test_stale_and_unknown_receipts_are_ignored(queue_kit: QueueKit) -> No
 
 
 async def test_dead_letter_after_max_receives(queue_kit: QueueKit) -> None:
-    if not queue_kit.has_dead_letters:
-        pytest.skip("on SQS the redrive policy moves messages (set up by provisioning), not the adapter")
     queue, dead = await queue_kit.make(visibility_timeout=30, max_receives=2)
     message_id = await queue.send("poison")
     for expected_count in (1, 2):
@@ -149,7 +147,10 @@ async def test_dead_letter_after_max_receives(queue_kit: QueueKit) -> None:
     assert await queue.receive(10) == []
     assert (await queue.stats()).visible == 0
     [dead_message] = await dead.receive(10, wait_seconds=1)
-    assert (dead_message.message_id, dead_message.body, dead_message.receive_count) == (message_id, "poison", 1)
+    assert (dead_message.message_id, dead_message.body) == (message_id, "poison")
+    # SQS carries the receive count over into the dead-letter queue, the local queues restart it: consumers of
+    # dead letters may rely on neither.
+    assert dead_message.receive_count >= 1
 
 
 async def test_message_size_limit(queue_kit: QueueKit) -> None:

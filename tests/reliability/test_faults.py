@@ -19,13 +19,13 @@ import httpx
 import pytest
 
 from facerec import backend
-from facerec.bench.web import InstantWorker
 from facerec.settings import Settings
+from facerec.testing import InstantWorker, jpeg_bytes
 from facerec.web.app import create_app
-from tests.conftest import REPO_ROOT, jpeg_bytes
 from tests.e2e.processes import descendants, free_port, wait_for_http
-from tests.worker.fakes import PEOPLE, photo_of, submit
-from tests.worker.test_process import collect, local_settings, wait_for_path, worker_process
+from tests.paths import REPO_ROOT
+from tests.worker.fakes import PEOPLE, collect, photo_of, submit
+from tests.worker.processes import local_settings, wait_for_path, worker_process
 
 pytestmark = pytest.mark.slow
 

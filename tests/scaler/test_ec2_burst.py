@@ -14,14 +14,13 @@ from fastapi import FastAPI
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import Ec2Fleet
-from facerec.bench.web import answer_by_digest, memory_data_tier
 from facerec.messages import parse_request
 from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.scaler.service import ScalerService
 from facerec.settings import Settings
+from facerec.testing import answer_by_digest, jpeg_bytes, memory_data_tier
 from facerec.web.app import create_app
-from tests.conftest import jpeg_bytes
-from tests.test_ec2_fleet import PREFIX, REGION, ec2, make_pool  # noqa: F401 - `ec2` is a fixture
+from tests.aws import PREFIX, REGION, make_pool
 
 SERVICE_TIME_S = 0.2
 
@@ -69,7 +68,7 @@ def ec2_running(ec2_client: Any) -> int:
     return sum(len(r["Instances"]) for r in reply["Reservations"])
 
 
-async def test_burst_of_100_runs_exactly_15_instances_then_none(endpoint: str, ec2: Any) -> None:  # noqa: F811
+async def test_burst_of_100_runs_exactly_15_instances_then_none(endpoint: str, ec2: Any) -> None:
     make_pool(ec2, 15)
     settings = Settings(
         backend="aws",

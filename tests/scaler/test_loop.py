@@ -1,57 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Sequence
 
 import pytest
 
 from facerec.adapters.memory import MemoryQueue
-from facerec.ports import PortError, WorkerInfo, WorkerState
 from facerec.scaler.loop import LoadWindow, Scaler
 from facerec.scaler.policy import ScalingConfig
-
-
-class FakeFleet:
-    """Starts and stops instantly; `fail_next` makes the next call raise like a failing cloud API."""
-
-    def __init__(self, max_workers: int) -> None:
-        self.max_workers = max_workers
-        self.workers: dict[str, WorkerInfo] = {}
-        self.fail_next = 0
-        self.peak_active = 0
-        self._ids = itertools.count(1)
-
-    def _maybe_fail(self) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise PortError("injected fleet API failure")
-
-    def _active(self) -> int:
-        return sum(w.state in (WorkerState.RUNNING, WorkerState.PENDING) for w in self.workers.values())
-
-    async def list(self) -> list[WorkerInfo]:
-        self._maybe_fail()
-        return list(self.workers.values())
-
-    async def start(self, count: int) -> list[WorkerInfo]:
-        self._maybe_fail()
-        started = []
-        for _ in range(max(0, min(count, self.max_workers - self._active()))):
-            n = next(self._ids)
-            info = WorkerInfo(f"w{n}", f"app-tier-instance-{n}", WorkerState.RUNNING, launched_at=float(n))
-            self.workers[info.worker_id] = info
-            started.append(info)
-        self.peak_active = max(self.peak_active, self._active())
-        return started
-
-    async def stop(self, worker_ids: Sequence[str]) -> None:
-        self._maybe_fail()
-        for worker_id in worker_ids:
-            self.workers.pop(worker_id, None)
-
-    async def close(self) -> None:
-        self.workers.clear()
+from tests.scaler.fakes import FakeFleet
 
 
 class ManualClock:

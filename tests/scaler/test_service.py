@@ -12,14 +12,13 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from facerec.bench.web import answer_by_digest, memory_data_tier
 from facerec.messages import parse_request
 from facerec.ports import DataTier, Fleet
 from facerec.scaler.service import ScalerService
 from facerec.settings import Settings
+from facerec.testing import answer_by_digest, jpeg_bytes, memory_data_tier
 from facerec.web.app import create_app
-from tests.conftest import jpeg_bytes
-from tests.scaler.test_loop import FakeFleet
+from tests.scaler.fakes import FakeFleet
 
 
 class FleetGatedWorker:

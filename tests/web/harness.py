@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from facerec.bench.web import Answerer, InstantWorker, answer_by_digest, memory_data_tier
 from facerec.ports import DataTier, PortError
 from facerec.settings import Settings
+from facerec.testing import Answerer, InstantWorker, answer_by_digest, memory_data_tier
 from facerec.web.app import create_app
 
 

@@ -1,67 +1,21 @@
 """The web tier on the real adapters: the local SQLite + directory data tier, and the AWS adapters against
-a moto server on 127.0.0.1. Skipped until `facerec.backend` exists."""
+a moto server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from facerec.bench.web import digest_name
+from facerec import backend
 from facerec.settings import Settings
-from tests.conftest import jpeg_bytes
+from facerec.testing import digest_name, jpeg_bytes
+from tests.aws import create_aws_resources
 from tests.web.harness import running_web, upload
 
-backend = pytest.importorskip("facerec.backend", reason="facerec.backend (open_data_tier) is not written yet")
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    # Dummy values for moto only; never real credentials.
-    for variable, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(variable, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    # moto keeps its state per process, not per server: start each test from nothing.
-    httpx.post(f"http://{host}:{port}/moto-api/reset").raise_for_status()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def create_aws_resources(settings: Settings) -> None:
-    import boto3
-
-    kwargs: dict[str, Any] = {"endpoint_url": settings.aws_endpoint_url, "region_name": settings.aws_region}
-    s3 = boto3.client("s3", **kwargs)
-    for bucket in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket):
-        s3.create_bucket(Bucket=bucket)
-    sqs = boto3.client("sqs", **kwargs)
-    dlq_url = sqs.create_queue(QueueName=settings.dlq)["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.max_receives)})
-    sqs.create_queue(
-        QueueName=settings.req_queue,
-        Attributes={
-            "MaximumMessageSize": str(settings.message_max_bytes),
-            "VisibilityTimeout": str(int(settings.visibility_timeout_s)),
-            "RedrivePolicy": redrive,
-        },
-    )
-    sqs.create_queue(QueueName=settings.resp_queue)
 
 
 async def _round_trip(count: int, **settings: Any) -> None:
@@ -81,20 +35,20 @@ async def test_local_backend_round_trip(tmp_path: Path) -> None:
     await _round_trip(200, backend="local", data_dir=tmp_path, web_poll_wait_s=1.0)
 
 
-async def test_aws_backend_round_trip_on_moto(moto_endpoint: str) -> None:
-    settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": moto_endpoint, "web_poll_wait_s": 1.0}
+async def test_aws_backend_round_trip_on_moto(endpoint: str) -> None:
+    settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": endpoint, "web_poll_wait_s": 1.0}
     create_aws_resources(Settings(**settings))
     # moto is slow per round trip (see DESIGN.md): a few dozen requests prove the wiring.
     await _round_trip(30, **settings)
 
 
-async def test_aws_store_failure_is_503_naming_it_then_recovers(moto_endpoint: str) -> None:
+async def test_aws_store_failure_is_503_naming_it_then_recovers(endpoint: str) -> None:
     import boto3
 
-    settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": moto_endpoint, "web_poll_wait_s": 1.0}
+    settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": endpoint, "web_poll_wait_s": 1.0}
     config = Settings(**settings)
     create_aws_resources(config)
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=config.aws_region)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=config.aws_region)
     async with running_web(data_tier=backend.open_data_tier, **settings) as web:
         assert (await web.client.post("/", **upload(jpeg_bytes(), "a.jpg"))).status_code == 200
         for item in s3.list_objects_v2(Bucket=config.in_bucket).get("Contents", []):

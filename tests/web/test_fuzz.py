@@ -19,8 +19,8 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from facerec.bench.web import instant_worker_companion, memory_data_tier
 from facerec.settings import Settings
+from facerec.testing import instant_worker_companion, memory_data_tier
 from facerec.web.app import create_app
 from tests.e2e.processes import free_port
 

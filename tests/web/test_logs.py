@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from facerec.logs import JsonFormatter
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes
 from tests.web.harness import running_web, upload
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"

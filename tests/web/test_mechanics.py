@@ -6,7 +6,6 @@ import asyncio
 import time
 from typing import Any
 
-from facerec.bench.web import answer_by_digest, digest_name
 from facerec.messages import (
     ErrorCode,
     RecognitionRequest,
@@ -15,7 +14,7 @@ from facerec.messages import (
     ResponseError,
 )
 from facerec.recognition.results import NO_FACE
-from tests.conftest import jpeg_bytes
+from facerec.testing import answer_by_digest, digest_name, jpeg_bytes
 from tests.web.harness import Switch, flaky_data_tier, never_answer, running_web, upload, wait_until
 
 PHOTO = jpeg_bytes((200, 30, 30))

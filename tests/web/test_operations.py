@@ -10,10 +10,9 @@ import textwrap
 import httpx
 import pytest
 
-from facerec.bench.web import InstantWorker, memory_data_tier
 from facerec.ports import DataTier, WorkerInfo, WorkerState
+from facerec.testing import InstantWorker, jpeg_bytes, memory_data_tier
 from facerec.web.app import create_app
-from tests.conftest import jpeg_bytes
 from tests.web.harness import never_answer, running_web, upload, web_settings
 
 PHOTO = jpeg_bytes((30, 200, 30))
@@ -132,7 +131,7 @@ def test_serving_requests_never_imports_torch() -> None:
         import asyncio, io, sys
         import httpx
         from PIL import Image
-        from facerec.bench.web import instant_worker_companion, memory_data_tier
+        from facerec.testing import instant_worker_companion, memory_data_tier
         from facerec.settings import Settings
         from facerec.web.app import create_app
 

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from facerec.messages import Box, RecognitionResult
+from facerec.testing import jpeg_bytes
 from facerec.web.page import POINTER
-from tests.conftest import REPO_ROOT, jpeg_bytes
+from tests.paths import REPO_ROOT
 from tests.web.browser import FakePeopleApi, PageProblems, ScriptedWorker, chromium, require_browser, serving
 from tests.web.harness import running_web, upload
 

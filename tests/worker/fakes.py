@@ -6,18 +6,18 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from facerec import keys
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
-from facerec.messages import RecognitionRequest
+from facerec.messages import RecognitionRequest, RecognitionResponse, parse_response
 from facerec.ports import DataTier
 from facerec.recognition.results import NO_FACE, FaceResult, ImageInput, ImageRejected, Outcome
 from facerec.settings import Settings
-from tests.conftest import jpeg_bytes
+from facerec.testing import jpeg_bytes
 
 # A solid colour stands for a person; black stands for a photo without a face.
 PEOPLE = {"Paul": (200, 30, 30), "Ana": (30, 200, 30), "Bo": (30, 30, 200)}
@@ -115,3 +115,33 @@ async def submit(
         await data.inputs.put(request.input_key, image)
     await data.requests.send(request.to_json())
     return request
+
+
+def make_settings(**overrides: object) -> Settings:
+    defaults: dict[str, object] = {
+        "backend": "local",
+        "batch_max": 16,
+        "batch_fill_wait_ms": 20,
+        "worker_poll_wait_s": 0.05,
+        "visibility_timeout_s": 30,
+        "max_receives": 3,
+    }
+    return Settings(**{**defaults, **overrides})
+
+
+async def collect(data: DataTier, expected: int | Collection[str], within_s: float = 10.0) -> list[RecognitionResponse]:
+    """Read and acknowledge responses as the web tier does until `expected` (a number of distinct ids, or the
+    ids themselves) arrived, or `within_s` passed."""
+
+    def complete(responses: list[RecognitionResponse]) -> bool:
+        seen = {r.id for r in responses}
+        return len(seen) >= expected if isinstance(expected, int) else set(expected) <= seen
+
+    responses: list[RecognitionResponse] = []
+    deadline = time.monotonic() + within_s
+    while not complete(responses) and time.monotonic() < deadline:
+        messages = await data.responses.receive(10, wait_seconds=0.05)
+        responses.extend(parse_response(m.body) for m in messages)
+        if messages:
+            await data.responses.delete_batch([m.receipt for m in messages])
+    return responses

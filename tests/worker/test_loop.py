@@ -9,34 +9,19 @@ import time
 
 import pytest
 
-from facerec.messages import ErrorCode, RecognitionResponse, parse_response
-from facerec.ports import DataTier, PortError
-from facerec.settings import Settings
+from facerec.messages import ErrorCode
+from facerec.ports import PortError
 from facerec.worker.loop import Worker
-from tests.worker.fakes import POISON, FakeRecognizer, faceless_photo, memory_tier, photo_of, submit
-
-
-def make_settings(**overrides: object) -> Settings:
-    defaults: dict[str, object] = {
-        "backend": "local",
-        "batch_max": 16,
-        "batch_fill_wait_ms": 20,
-        "worker_poll_wait_s": 0.05,
-        "visibility_timeout_s": 30,
-        "max_receives": 3,
-    }
-    return Settings(**{**defaults, **overrides})
-
-
-async def collect(data: DataTier, expected: int, within_s: float = 10.0) -> list[RecognitionResponse]:
-    """Read responses like the web tier does, until `expected` distinct ids arrived (or time is up)."""
-    responses: list[RecognitionResponse] = []
-    deadline = time.monotonic() + within_s
-    while len({r.id for r in responses}) < expected and time.monotonic() < deadline:
-        messages = await data.responses.receive(10, wait_seconds=0.05)
-        responses.extend(parse_response(m.body) for m in messages)
-        await data.responses.delete_batch([m.receipt for m in messages])
-    return responses
+from tests.worker.fakes import (
+    POISON,
+    FakeRecognizer,
+    collect,
+    faceless_photo,
+    make_settings,
+    memory_tier,
+    photo_of,
+    submit,
+)
 
 
 @contextlib.asynccontextmanager

@@ -10,16 +10,15 @@ import pytest
 from facerec.backend import open_data_tier
 from facerec.settings import Settings
 from facerec.worker.loop import Worker
-from tests.web.test_backends import create_aws_resources, moto_endpoint  # noqa: F401 - a fixture
-from tests.worker.fakes import FakeRecognizer, faceless_photo, photo_of, submit
-from tests.worker.test_process import collect
+from tests.aws import create_aws_resources
+from tests.worker.fakes import FakeRecognizer, collect, faceless_photo, photo_of, submit
 
 pytestmark = pytest.mark.slow
 
 
-async def test_mixed_batch_on_s3_and_sqs(moto_endpoint: str) -> None:  # noqa: F811
+async def test_mixed_batch_on_s3_and_sqs(endpoint: str) -> None:
     settings = Settings(
-        backend="aws", aws_endpoint_url=moto_endpoint, worker_poll_wait_s=1.0, batch_fill_wait_ms=200, batch_max=8
+        backend="aws", aws_endpoint_url=endpoint, worker_poll_wait_s=1.0, batch_fill_wait_ms=200, batch_max=8
     )
     create_aws_resources(settings)
     async with open_data_tier(settings) as data:

@@ -3,92 +3,18 @@ killed with SIGKILL mid-batch loses nothing, and a request that kills every work
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from facerec.messages import RecognitionResponse, parse_response
-from facerec.ports import DataTier
-from facerec.settings import Settings
-from tests.conftest import REPO_ROOT
-from tests.worker.fakes import HARD_POISON, PEOPLE, photo_of, submit
-
-backend = pytest.importorskip("facerec.backend", reason="the local data tier (facerec.backend) is not built yet")
+from facerec import backend
+from facerec.messages import RecognitionResponse, parse_request
+from tests.worker.fakes import HARD_POISON, PEOPLE, collect, photo_of, submit
+from tests.worker.processes import local_settings, wait_for_path, worker_process
 
 pytestmark = pytest.mark.slow
-
-
-def local_settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "backend": "local",
-        "data_dir": tmp_path / "data",
-        "prefix": "wtest",
-        "visibility_timeout_s": 1.0,
-        "max_receives": 3,
-        "batch_max": 8,
-    }
-    return Settings(**{**values, **overrides})
-
-
-@contextmanager
-def worker_process(settings: Settings, tmp_path: Path, name: str, delay_s: float = 0.0) -> Iterator[subprocess.Popen]:
-    """A `python -m facerec.worker` subprocess running the fake recognizer; killed on exit."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "FACEREC_WORKER_NAME": name,
-        "FACEREC_WORKER_READY_FILE": str(tmp_path / f"{name}.ready"),
-        "FAKE_RECOGNIZER_DELAY_S": str(delay_s),
-        "FAKE_RECOGNIZER_BATCH_FILE": str(tmp_path / f"{name}.batch"),
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "facerec.worker",
-        "--backend=local",
-        f"--data-dir={settings.data_dir}",
-        f"--prefix={settings.prefix}",
-        f"--batch-max={settings.batch_max}",
-        f"--visibility-timeout={settings.visibility_timeout_s}",
-        f"--max-receives={settings.max_receives}",
-        "--recognizer-factory=tests.worker.fakes:process_recognizer",
-        "--log-level=WARNING",
-    ]
-    with open(tmp_path / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-
-
-async def wait_for_path(path: Path, process: subprocess.Popen, within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await asyncio.to_thread(path.exists):
-        assert process.poll() is None, f"worker exited with {process.returncode}"
-        assert time.monotonic() < deadline, f"{path.name} did not appear"
-        await asyncio.sleep(0.02)
-
-
-async def collect(data: DataTier, ids: set[str], within_s: float) -> list[RecognitionResponse]:
-    responses: list[RecognitionResponse] = []
-    deadline = time.monotonic() + within_s
-    while not ids <= {r.id for r in responses} and time.monotonic() < deadline:
-        messages = await data.responses.receive(10, wait_seconds=0.2)
-        responses.extend(parse_response(m.body) for m in messages)
-        if messages:
-            await data.responses.delete_batch([m.receipt for m in messages])
-    return responses
 
 
 async def test_sigkill_mid_batch_loses_nothing(tmp_path: Path) -> None:
@@ -152,6 +78,4 @@ async def test_message_that_kills_every_worker_ends_in_the_dlq(tmp_path: Path) -
 
 
 def parse_id(body: str) -> str:
-    from facerec.messages import parse_request
-
     return parse_request(body).id

@@ -14,17 +14,16 @@ import numpy as np
 import pytest
 
 from facerec.messages import ErrorCode
+from facerec.testing import jpeg_bytes
 from facerec.worker.loop import Worker
-from tests.conftest import jpeg_bytes
-from tests.worker.fakes import memory_tier, submit
-from tests.worker.test_loop import collect, make_settings
+from tests.worker.fakes import collect, make_settings, memory_tier, submit
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def recognizer_and_labels(cse546_images: dict[str, bytes], cse546_labels: dict[str, str]):
-    torch = pytest.importorskip("torch")
+    import torch
     from facenet_pytorch import InceptionResnetV1
 
     from facerec.recognition.gallery import Gallery

@@ -14,8 +14,7 @@ import pytest
 from facerec.ports import DataTier
 from facerec.settings import Settings
 from facerec.worker.service import import_factory, run_worker, serve_worker
-from tests.worker.fakes import FakeRecognizer, memory_tier, photo_of, submit
-from tests.worker.test_loop import collect, make_settings
+from tests.worker.fakes import FakeRecognizer, collect, make_settings, memory_tier, photo_of, submit
 
 
 def tier_opener(data: DataTier):

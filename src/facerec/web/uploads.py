@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerec.web.errors import ServiceError, error_response
+from facerec.web.forms import request_form
 
 UPLOAD_FIELD = "inputFile"
 # Multipart framing (boundaries, part headers) on top of the file itself.
@@ -99,7 +100,7 @@ async def read_photos(
     uploads: list[Upload] = []
     rejected: list[RejectedFile] = []
     try:
-        async with request.form(max_files=max_files, max_fields=max_files + 8) as form:
+        async with request_form(request, max_files=max_files, max_fields=max_files + 8) as form:
             parts = [part for part in form.getlist(field) if isinstance(part, UploadFile)]
             if not parts:
                 others = ", ".join(sorted(str(k) for k in form)) or "none"
@@ -120,7 +121,7 @@ async def read_photos(
 async def read_upload(request: Request, max_bytes: int, field: str = UPLOAD_FIELD) -> Upload:
     """The image in multipart field `field`; raises ServiceError 400/413/415/422."""
     try:
-        async with request.form(max_files=8, max_fields=32) as form:
+        async with request_form(request, max_files=8, max_fields=32) as form:
             part = form.get(field)
             if not isinstance(part, UploadFile):
                 others = ", ".join(sorted(str(k) for k in form)) or "none"

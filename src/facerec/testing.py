@@ -1,0 +1,201 @@
+"""Test doubles and helpers for facerec, shipped with the package (as `starlette.testclient` is) so that the
+test suite, the benchmarks and anyone testing an application built on facerec use the same ones.
+
+Nothing here is used by the service itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from PIL import Image
+
+from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
+from facerec.messages import (
+    ErrorCode,
+    RecognitionRequest,
+    RecognitionResponse,
+    RecognitionResult,
+    ResponseError,
+    Timings,
+    parse_request,
+)
+from facerec.people import EmbeddingRecord
+from facerec.ports import DataTier
+from facerec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Dummy credentials for moto only: never real ones.
+MOTO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+MOTO_REGION = MOTO_CREDENTIALS["AWS_DEFAULT_REGION"]
+
+
+def jpeg_bytes(color: tuple[int, int, int] = (120, 80, 40), size: tuple[int, int] = (64, 64)) -> bytes:
+    """A small valid JPEG of one colour (no face in it)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims `width` x `height` pixels: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, yielding its endpoint URL.
+
+    A server rather than `mock_aws`: aioboto3 sends its requests through aiohttp, which `mock_aws` (a
+    botocore patch) does not intercept reliably, and worker subprocesses need a real endpoint anyway.
+    The caller provides (dummy) credentials, e.g. MOTO_CREDENTIALS in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    # Its per-request access log would bury a failure's own output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+Answerer = Callable[[RecognitionRequest, bytes], RecognitionResponse | None]
+"""The fake worker's brain: the response to send for a request and its image, or None to send nothing."""
+
+
+@asynccontextmanager
+async def memory_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
+    """In-process stores and queues with SQS semantics (dead-letter after `max_receives`)."""
+    dead_letters = MemoryQueue(settings.dlq)
+    yield DataTier(
+        inputs=MemoryBlobStore(settings.in_bucket),
+        outputs=MemoryBlobStore(settings.out_bucket),
+        requests=MemoryQueue(
+            settings.req_queue,
+            visibility_timeout=settings.visibility_timeout_s,
+            max_receives=settings.max_receives,
+            dead_letter=dead_letters,
+        ),
+        responses=MemoryQueue(settings.resp_queue),
+        dead_letters=dead_letters,
+        gallery=MemoryBlobStore(settings.gallery_bucket),
+    )
+
+
+def digest_name(data: bytes) -> str:
+    """A stable pseudo-identity per distinct image: what the fake worker 'recognizes'."""
+    return "person-" + hashlib.sha256(data).hexdigest()[:8]
+
+
+def answer_by_digest(request: RecognitionRequest, data: bytes) -> RecognitionResponse:
+    return RecognitionResponse(
+        id=request.id,
+        result=RecognitionResult(name=digest_name(data), distance=0.5, probability=0.99),
+        timings=Timings(queue_wait_s=max(0.0, time.time() - request.enqueued_at), inference_s=0.0),
+        worker="instant",
+    )
+
+
+class InstantWorker:
+    """A fake app tier on a DataTier: receive requests, read the image, answer at once, acknowledge."""
+
+    def __init__(self, data: DataTier, answer: Answerer = answer_by_digest, loops: int = 4) -> None:
+        self._data = data
+        self._answer = answer
+        self._loops = loops
+        self._tasks: list[asyncio.Task[None]] = []
+        self.handled = 0
+
+    async def __aenter__(self) -> InstantWorker:
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(self._loops)]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                messages = await self._data.requests.receive(max_messages=10, wait_seconds=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a fake still must not die on a flaky queue
+                log.warning("instant_worker_receive_failed", extra={"error": str(exc)[:200]})
+                await asyncio.sleep(0.1)
+                continue
+            if not messages:
+                continue
+            replies: list[str] = []
+            done: list[str] = []
+            for message in messages:
+                request = parse_request(message.body)
+                if request.kind == "enroll":
+                    response = await self._enroll(request)
+                else:
+                    response = self._answer(request, await self._data.inputs.get(request.input_key))
+                    if response is not None and response.result is not None:
+                        await self._data.outputs.put(request.output_key, response.result.name.encode())
+                if response is None:
+                    continue  # left to be redelivered (and eventually dead-lettered)
+                replies.append(response.to_json())
+                done.append(message.receipt)
+            if replies:
+                await self._data.responses.send_batch(replies)
+                await self._data.requests.delete_batch(done)
+                self.handled += len(done)
+
+    async def _enroll(self, request: RecognitionRequest) -> RecognitionResponse | None:
+        """Enrollment as the real worker does it, with the answerer's result standing for the detected face."""
+        assert self._data.gallery is not None
+        response = self._answer(request, await self._data.gallery.get(request.input_key))
+        if response is None or response.result is None:
+            return response
+        if response.result.no_face:
+            error = ResponseError(code=ErrorCode.NOT_ONE_FACE, message="no face found in the photo")
+            return RecognitionResponse(id=request.id, error=error, worker=response.worker)
+        record = EmbeddingRecord.from_vector(
+            [1.0, 0.0],
+            person=request.person or "",
+            photo_id=request.id,
+            weights="instant",
+            crop_size=0,
+            margin=0,
+            normalisation="none",
+        )
+        await self._data.gallery.put(request.output_key, record.model_dump_json().encode(), "application/json")
+        result = response.result.model_copy(update={"name": request.person or "", "unknown": False})
+        return response.model_copy(update={"result": result})
+
+
+def instant_worker_companion(answer: Answerer = answer_by_digest) -> Callable[[FastAPI, DataTier], InstantWorker]:
+    def start(app: FastAPI, data: DataTier) -> InstantWorker:
+        return InstantWorker(data, answer)
+
+    return start

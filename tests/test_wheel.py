@@ -101,3 +101,21 @@ def test_the_worker_user_data_finds_its_unit_in_the_installed_package(installed:
     unit = Path(installed.run("python", "-c", snippet).strip())
     assert unit.is_relative_to(installed.root / "venv") and unit.name == "facerec-worker.service"
     assert "ExecStart=/opt/facerec/venv/bin/facerec worker" in unit.read_text()
+
+
+def test_the_installed_web_tier_serves_its_page_and_offline_docs(installed: Installed) -> None:
+    """Package data the web tier reads at run time: its own page assets and the docs' Swagger UI and ReDoc."""
+    script = (
+        "from fastapi.testclient import TestClient\n"
+        "from facerec.settings import Settings\n"
+        "from facerec.web.app import create_app\n"
+        "client = TestClient(create_app(Settings()))\n"  # no lifespan: these routes need no data tier
+        "for path in ('/static/app.js', '/static/style.css', '/docs', '/redoc',\n"
+        "             '/docs-assets/swagger-ui-bundle.js', '/docs-assets/redoc.standalone.js'):\n"
+        "    reply = client.get(path, headers={'Accept': 'text/html'})\n"
+        "    print(path, reply.status_code, len(reply.content))\n"
+    )
+    lines = installed.run("python", "-c", script).splitlines()
+    served = {path: (int(status), int(size)) for path, status, size in (line.split() for line in lines)}
+    assert len(served) == 6
+    assert all(status == 200 and size > 0 for status, size in served.values()), served

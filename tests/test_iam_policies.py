@@ -1,4 +1,5 @@
-"""The IAM policies in deploy/iam: parse once rendered, least privilege, only this deployment's resources."""
+"""The IAM policies (package data, deploy/iam): parse once rendered, least privilege, only this deployment's
+resources."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Idempotent AWS setup for one deployment: buckets, queues (with the DLQ redrive), the stopped app-tier
-pool, and rendering of the IAM policies and worker user data in `deploy/`.
+pool, and rendering of the IAM policies and worker user data shipped in the package's `deploy/` folder.
 
 Every step reads before it writes, so running `provision` twice changes nothing the second time; each
 returns `Action`s saying what it found or did.
@@ -14,7 +14,8 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -25,9 +26,12 @@ from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
-"""The repository's deploy/ folder (present in a source checkout or an editable install)."""
-POLICIES = {"web": DEPLOY_DIR / "iam" / "web-policy.json", "worker": DEPLOY_DIR / "iam" / "worker-policy.json"}
+DEPLOY_DIR = files("facerec") / "deploy"
+"""Templates and units shipped as package data: present in a wheel install as in a source checkout."""
+POLICIES: dict[str, Traversable] = {
+    "web": DEPLOY_DIR / "iam" / "web-policy.json",
+    "worker": DEPLOY_DIR / "iam" / "worker-policy.json",
+}
 USER_DATA = DEPLOY_DIR / "aws" / "worker-user-data.sh"
 
 DLQ_RETENTION_S = 14 * 24 * 3600  # the SQS maximum: dead letters are kept for inspection
@@ -90,7 +94,8 @@ def render_policy(role: str, settings: Settings, account: str) -> dict[str, Any]
     Statements only run mode needs (`RunMode*`) are dropped in pool mode."""
     if not re.fullmatch(r"\d{12}", account):
         raise ValueError(f"not an AWS account id: {account!r}")
-    document = json.loads(render_template(POLICIES[role].read_text(), policy_values(settings, account)))
+    template = POLICIES[role].read_text(encoding="utf-8")
+    document: dict[str, Any] = json.loads(render_template(template, policy_values(settings, account)))
     keep = []
     for statement in document["Statement"]:
         sid = statement.get("Sid", "")
@@ -116,8 +121,9 @@ def worker_environment(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def render_user_data(settings: Settings, template: Path = USER_DATA) -> str:
-    return render_template(template.read_text(), {"environment": worker_environment(settings)})
+def render_user_data(settings: Settings, template: Traversable = USER_DATA) -> str:
+    """The worker instances' user data from `template` (a `pathlib.Path` works too)."""
+    return render_template(template.read_text(encoding="utf-8"), {"environment": worker_environment(settings)})
 
 
 # --- buckets and queues ---------------------------------------------------------------------------

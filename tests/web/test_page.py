@@ -339,3 +339,65 @@ def test_enroll_through_the_real_people_api(
     expect_text(page, "#people-status", r"^Deleted Abdullah Gul\.")
     assert page.locator("#people-list li").count() == 0
     assert problems.messages == []
+
+
+# ---- the API docs in Chromium, with no network ---------------------------------------------------------------
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# ReDoc always draws its sidebar logo from its CDN; the docs pages' Content-Security-Policy refuses it.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def off_host(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme not in ("data", "blob", "about") and parts.hostname not in LOOPBACK
+
+
+class OffHostRequests:
+    """Requests for other hosts. `sent`: those that reached the network layer (aborted here, so the test never
+    reaches out) or completed; `refused`: those the page's Content-Security-Policy stopped in the browser."""
+
+    def __init__(self, page: Any) -> None:
+        self.sent: list[str] = []
+        self.refused: list[str] = []
+        page.route("**/*", self._route)
+        page.on("requestfinished", lambda request: self._record(self.sent, request.url))
+        page.on("requestfailed", self._failed)
+
+    def _record(self, into: list[str], url: str) -> None:
+        if off_host(url) and url not in into:
+            into.append(url)
+
+    def _route(self, route: Any) -> None:
+        if off_host(route.request.url):
+            self._record(self.sent, route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    def _failed(self, request: Any) -> None:
+        # Chromium reports a policy refusal as a failed request that never left the browser.
+        self._record(self.refused if request.failure == "csp" else self.sent, request.url)
+
+
+def test_api_docs_render_with_no_network(site: Site, browser_page: tuple[Any, PageProblems]) -> None:
+    from playwright.sync_api import expect
+
+    page, problems = browser_page
+    requests = OffHostRequests(page)
+
+    page.goto(site.base_url + "/docs")
+    recognitions = page.locator(".opblock.opblock-post").filter(has=page.locator('[data-path="/v1/recognitions"]'))
+    expect(recognitions).to_be_visible()
+    recognitions.locator(".opblock-summary").click()  # expanding it draws the schema from /openapi.json
+    expect(recognitions.get_by_text("inputFile", exact=True).first).to_be_visible()
+
+    page.goto(site.base_url + "/redoc")
+    expect(page.get_by_role("heading", name="Recognize a face (JSON)")).to_be_visible()
+    expect(page.get_by_role("heading", name="Recognize a face (course format)")).to_be_visible()
+
+    assert requests.sent == []
+    assert set(requests.refused) <= {REDOC_LOGO}
+    assert [message for message in problems.messages if REDOC_LOGO not in message] == []

@@ -57,7 +57,7 @@ def aws() -> None:
     "--user-data",
     "user_data_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="User data template (default: deploy/aws/worker-user-data.sh).",
+    help="User data template (default: the one shipped in the package, facerec/deploy/aws/worker-user-data.sh).",
 )
 def provision(
     pool: int,

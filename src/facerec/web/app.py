@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.settings import Settings, get_settings
 from facerec.web.api import router
+from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
 from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
@@ -88,7 +89,11 @@ def create_app(
         summary="Elastic face recognition: photo in, name out.",
         version="0.1.0",
         lifespan=lifespan,
+        # The stock pages load their scripts from CDNs: install_docs serves them from this process instead.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.pending = pending
     app.state.metrics = metrics

@@ -16,9 +16,11 @@ if ! id -u facerec >/dev/null 2>&1; then
   useradd --system --home-dir /opt/facerec --shell /usr/sbin/nologin facerec
 fi
 
+# The unit ships inside the installed package; one the AMI already put in /etc/systemd/system wins.
 unit=/etc/systemd/system/facerec-worker.service
-shipped=/opt/facerec/deploy/systemd/facerec-worker.service
-if [ ! -e "$unit" ] && [ -e "$shipped" ]; then
+if [ ! -e "$unit" ]; then
+  shipped=$(/opt/facerec/venv/bin/python -c \
+    'from importlib.resources import files; print(files("facerec") / "deploy/systemd/facerec-worker.service")')
   install -m 0644 "$shipped" "$unit"
 fi
 

@@ -61,7 +61,8 @@ def import_factory(spec: str) -> RecognizerFactory:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"expected module:callable, got {spec!r}")
-    return getattr(importlib.import_module(module_name), attr)
+    factory: RecognizerFactory = getattr(importlib.import_module(module_name), attr)  # whatever the spec names
+    return factory
 
 
 def mark_ready(path: Path) -> None:

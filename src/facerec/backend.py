@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TypedDict
 
 from facerec.ports import DataTier, PortError
 from facerec.settings import Settings
@@ -18,6 +19,13 @@ from facerec.settings import Settings
 log = logging.getLogger(__name__)
 
 QUEUE_DB_NAME = "queues.sqlite3"
+
+
+class _QueueLimits(TypedDict):
+    """The SqliteQueue arguments every local queue shares."""
+
+    visibility_timeout: float
+    max_message_bytes: int
 
 
 def _make_directory(path: Path) -> Path:
@@ -39,7 +47,10 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     gallery = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.gallery_bucket), settings.gallery_bucket)
     database = await SqliteDatabase.open(data_dir / QUEUE_DB_NAME)
     try:
-        common = {"visibility_timeout": settings.visibility_timeout_s, "max_message_bytes": settings.message_max_bytes}
+        common: _QueueLimits = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "max_message_bytes": settings.message_max_bytes,
+        }
         requests = SqliteQueue(
             database, settings.req_queue, max_receives=settings.max_receives, dead_letter=settings.dlq, **common
         )

@@ -7,12 +7,12 @@ messages, and free-text fields are bounded in UTF-8 bytes.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 MAX_MESSAGE_BYTES = 1024
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 _TEXT_MAX_BYTES = 120
 
 

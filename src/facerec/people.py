@@ -84,7 +84,8 @@ class EmbeddingRecord(BaseModel):
     @classmethod
     def from_vector(cls, vector: Sequence[float], **fields: object) -> EmbeddingRecord:
         data = struct.pack(f"<{len(vector)}f", *vector)
-        return cls(vector_b64=base64.b64encode(data).decode("ascii"), **fields)  # type: ignore[arg-type]
+        # The fields come untyped (a recognizer's embedding_fields()): pydantic checks them, as cls(**...) would.
+        return cls.model_validate({"vector_b64": base64.b64encode(data).decode("ascii"), **fields})
 
     def vector(self) -> list[float]:
         data = base64.b64decode(self.vector_b64)

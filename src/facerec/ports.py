@@ -5,6 +5,7 @@ The web tier, the worker and the scaler depend on these Protocols only, never on
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -136,7 +137,7 @@ class Fleet(Protocol):
         """All workers this fleet manages, in every state."""
         ...
 
-    async def start(self, count: int) -> list[WorkerInfo]:
+    async def start(self, count: int) -> builtins.list[WorkerInfo]:
         """Start up to `count` more, never exceeding `max_workers` pending+running. Returns those started."""
         ...
 

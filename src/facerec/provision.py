@@ -16,13 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
 from facerec.settings import Settings
+
+if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
+    from types_aiobotocore_ec2 import EC2Client
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +140,7 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-async def bucket_exists(s3: Any, name: str) -> bool:
+async def bucket_exists(s3: S3Client, name: str) -> bool:
     try:
         await s3.head_bucket(Bucket=name)
     except ClientError as exc:
@@ -143,7 +150,7 @@ async def bucket_exists(s3: Any, name: str) -> bool:
     return True
 
 
-async def ensure_bucket(s3: Any, name: str, region: str) -> Action:
+async def ensure_bucket(s3: S3Client, name: str, region: str) -> Action:
     if await bucket_exists(s3, name):
         return Action("bucket", name, "exists")
     kwargs: dict[str, Any] = {"Bucket": name}
@@ -162,7 +169,7 @@ async def ensure_bucket(s3: Any, name: str, region: str) -> Action:
     return Action("bucket", name, "created")
 
 
-async def queue_url(sqs: Any, name: str) -> str | None:
+async def queue_url(sqs: SQSClient, name: str) -> str | None:
     try:
         return (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     except ClientError as exc:
@@ -178,7 +185,9 @@ def _normalised(key: str, value: str) -> Any:
     return value
 
 
-async def ensure_queue(sqs: Any, name: str, attributes: Mapping[str, str]) -> tuple[Action, str]:
+async def ensure_queue(
+    sqs: SQSClient, name: str, attributes: Mapping[QueueAttributeNameType, str]
+) -> tuple[Action, str]:
     """Create the queue, or bring the attributes we manage to `attributes`. Returns the action and URL."""
     url = await queue_url(sqs, name)
     if url is None:
@@ -196,7 +205,7 @@ async def ensure_queue(sqs: Any, name: str, attributes: Mapping[str, str]) -> tu
     return Action("queue", name, "updated", ", ".join(sorted(changed))), url
 
 
-def request_queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]:
+def request_queue_attributes(settings: Settings, dlq_arn: str) -> dict[QueueAttributeNameType, str]:
     return {
         "MaximumMessageSize": str(settings.message_max_bytes),
         "VisibilityTimeout": str(math.ceil(settings.visibility_timeout_s)),
@@ -204,7 +213,7 @@ def request_queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]
     }
 
 
-async def ensure_queues(sqs: Any, settings: Settings) -> list[Action]:
+async def ensure_queues(sqs: SQSClient, settings: Settings) -> list[Action]:
     dlq_action, dlq_url = await ensure_queue(sqs, settings.dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_S)})
     attributes = await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
     dlq_arn = attributes["Attributes"]["QueueArn"]
@@ -225,7 +234,7 @@ class PoolSpec:
     user_data: str = ""
 
 
-async def ensure_pool(ec2: Any, settings: Settings, spec: PoolSpec) -> list[Action]:
+async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> list[Action]:
     """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones) and then
     stopped once running; existing ones are left as they are."""
     if not 0 <= spec.size <= 99:
@@ -252,7 +261,7 @@ async def ensure_pool(ec2: Any, settings: Settings, spec: PoolSpec) -> list[Acti
     return actions
 
 
-async def _run_pool_instance(ec2: Any, settings: Settings, spec: PoolSpec, number: int) -> tuple[str, str]:
+async def _run_pool_instance(ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int) -> tuple[str, str]:
     name = f"{NAME_PREFIX}{number}"
     kwargs: dict[str, Any] = {
         "ImageId": spec.ami,
@@ -318,12 +327,12 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
     return actions
 
 
-async def _empty_bucket(s3: Any, name: str) -> int:
+async def _empty_bucket(s3: S3Client, name: str) -> int:
     removed = 0
     kwargs: dict[str, Any] = {"Bucket": name, "MaxKeys": 1000}
     while True:
         page = await s3.list_objects_v2(**kwargs)
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        keys: list[ObjectIdentifierTypeDef] = [{"Key": item["Key"]} for item in page.get("Contents", [])]
         if keys:
             await s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
             removed += len(keys)
@@ -349,7 +358,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
         if url is None:
             actions.append(Action("queue", name, "absent"))
             continue
-        wanted = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        wanted: list[QueueAttributeNameType] = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
         detail = f"{found.get(wanted[0], '?')} visible, {found.get(wanted[1], '?')} in flight"
         actions.append(Action("queue", name, "exists", detail))

@@ -7,18 +7,23 @@ second) and is dropped by every start/stop so a decision right after one sees EC
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import logging
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.ports import PortError, WorkerInfo, WorkerState
 from facerec.settings import Settings
+
+if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
+    from types_aiobotocore_ec2 import EC2Client
+    from types_aiobotocore_ec2.type_defs import FilterTypeDef, InstanceTypeDef, TagTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,11 @@ def name_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def instance_tags(name: str, prefix: str) -> list[dict[str, str]]:
+def instance_tags(name: str, prefix: str) -> list[TagTypeDef]:
     return [{"Key": "Name", "Value": name}, {"Key": PREFIX_TAG, "Value": prefix}]
 
 
-def fleet_filters(prefix: str) -> list[dict[str, Any]]:
+def fleet_filters(prefix: str) -> list[FilterTypeDef]:
     """The tag filters that pick exactly this deployment's app-tier instances."""
     return [
         {"Name": f"tag:{PREFIX_TAG}", "Values": [prefix]},
@@ -54,9 +59,9 @@ def fleet_filters(prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-async def describe_fleet(ec2: Any, prefix: str) -> list[dict[str, Any]]:
+async def describe_fleet(ec2: EC2Client, prefix: str) -> list[InstanceTypeDef]:
     """Every app-tier instance of `prefix` (raw EC2 dicts), following pagination."""
-    instances: list[dict[str, Any]] = []
+    instances: list[InstanceTypeDef] = []
     kwargs: dict[str, Any] = {"Filters": fleet_filters(prefix)}
     while True:
         page = await ec2.describe_instances(**kwargs)
@@ -67,11 +72,11 @@ async def describe_fleet(ec2: Any, prefix: str) -> list[dict[str, Any]]:
         kwargs["NextToken"] = page["NextToken"]
 
 
-def tag_value(instance: dict[str, Any], key: str) -> str | None:
+def tag_value(instance: InstanceTypeDef, key: str) -> str | None:
     return next((tag["Value"] for tag in instance.get("Tags", []) if tag["Key"] == key), None)
 
 
-def to_worker(instance: dict[str, Any]) -> WorkerInfo:
+def to_worker(instance: InstanceTypeDef) -> WorkerInfo:
     launched = instance.get("LaunchTime")
     return WorkerInfo(
         worker_id=instance["InstanceId"],
@@ -109,7 +114,7 @@ class Ec2Fleet:
                 return list(self._cached[1])
             return await self._refresh()
 
-    async def start(self, count: int) -> list[WorkerInfo]:
+    async def start(self, count: int) -> builtins.list[WorkerInfo]:
         async with self._lock:
             workers = await self._refresh()  # count what EC2 says now, not what the cache said
             room = self.max_workers - sum(1 for w in workers if w.state in _ACTIVE)
@@ -151,18 +156,18 @@ class Ec2Fleet:
         """The AWS clients belong to the caller; instances keep their state (the next web process adopts them)."""
         self._cached = None
 
-    async def _ec2(self) -> Any:
+    async def _ec2(self) -> EC2Client:
         try:
             return await self._aws.ec2()
         except (ClientError, BotoCoreError) as exc:
             raise PortError(f"EC2 client unavailable: {exc}") from exc
 
-    async def _listed(self) -> list[WorkerInfo]:
+    async def _listed(self) -> builtins.list[WorkerInfo]:
         if self._cached is not None and time.monotonic() - self._cached[0] < self._cache_ttl_s:
             return self._cached[1]
         return await self._refresh()
 
-    async def _refresh(self) -> list[WorkerInfo]:
+    async def _refresh(self) -> builtins.list[WorkerInfo]:
         ec2 = await self._ec2()
         try:
             instances = await describe_fleet(ec2, self._prefix)
@@ -173,7 +178,7 @@ class Ec2Fleet:
         self._cached = (time.monotonic(), workers)
         return list(workers)
 
-    async def _start_pool(self, workers: list[WorkerInfo], wanted: int) -> list[WorkerInfo]:
+    async def _start_pool(self, workers: builtins.list[WorkerInfo], wanted: int) -> builtins.list[WorkerInfo]:
         # Exactly `stopped`: a stopping instance cannot be started yet, and a terminated one never again.
         candidates = [w for w in workers if self._ec2_states.get(w.worker_id) == "stopped"][:wanted]
         if not candidates:
@@ -187,7 +192,7 @@ class Ec2Fleet:
             raise PortError(f"cannot start instances {ids}: {exc}") from exc
         return [WorkerInfo(w.worker_id, w.name, WorkerState.PENDING, time.time()) for w in candidates]
 
-    async def _run(self, workers: list[WorkerInfo], wanted: int) -> list[WorkerInfo]:
+    async def _run(self, workers: builtins.list[WorkerInfo], wanted: int) -> builtins.list[WorkerInfo]:
         # Names held by instances still alive (or going to `stopped`); terminated ones free their name.
         gone = ("shutting-down", "terminated")
         taken = {name_number(w.name) for w in workers if self._ec2_states.get(w.worker_id) not in gone}
@@ -201,8 +206,10 @@ class Ec2Fleet:
             log.warning("run_instances_partial", extra={"started": len(started), "failed": len(failures)})
         return started
 
-    async def _run_one(self, ec2: Any, number: int) -> WorkerInfo:
+    async def _run_one(self, ec2: EC2Client, number: int) -> WorkerInfo:
         name = f"{NAME_PREFIX}{number}"
+        if self._launch_template is None:  # unreachable: __init__ refuses run mode without a template
+            raise ValueError("fleet_mode=run needs FACEREC_AWS_LAUNCH_TEMPLATE")
         reply = await ec2.run_instances(
             LaunchTemplate={"LaunchTemplateName": self._launch_template},
             MinCount=1,

@@ -15,6 +15,7 @@ gave 500 requests/s, small ones inline 800 requests/s; a 20 KB put takes about 1
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import os
 import re
@@ -153,7 +154,7 @@ class LocalBlobStore:
     async def count(self, prefix: str = "") -> int:
         return len(await asyncio.to_thread(self._keys, prefix))
 
-    def _keys(self, prefix: str) -> list[str]:
+    def _keys(self, prefix: str) -> builtins.list[str]:
         if not self.root.is_dir():
             raise self._root_error(FileNotFoundError(errno.ENOENT, "missing"))
         # Walk only the directory the prefix names (up to its last `/`), not the whole bucket.

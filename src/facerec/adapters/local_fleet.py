@@ -8,6 +8,7 @@ A worker is `pending` from spawn until it creates its ready file (model loaded, 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import ctypes
 import ctypes.util
@@ -177,7 +178,7 @@ class LocalFleet:
         self._reap()
         return [w.info() for w in self._workers]
 
-    async def start(self, count: int) -> list[WorkerInfo]:
+    async def start(self, count: int) -> builtins.list[WorkerInfo]:
         if self._closed:
             raise PortError("fleet is closed")
         self._reap()

@@ -10,13 +10,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.s3_blob import aws_errors
 from facerec.ports import MessageTooLarge, PortError, QueueStats, ReceivedMessage
+
+if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
+    from types_aiobotocore_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        ChangeMessageVisibilityBatchResultTypeDef,
+        DeleteMessageBatchRequestEntryTypeDef,
+        DeleteMessageBatchResultTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +85,9 @@ class SqsQueue:
             self._check_size(body)
         ids: list[str] = []
         for chunk in _chunks(bodies):
-            entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)
+            ]
             with aws_errors(f"sqs send_batch {self.name}"):
                 sqs = await self._aws.sqs()
                 response = await sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
@@ -112,7 +123,9 @@ class SqsQueue:
             for message in response.get("Messages", [])
         ]
 
-    def _raise_server_failures(self, action: str, response: dict[str, Any]) -> None:
+    def _raise_server_failures(
+        self, action: str, response: DeleteMessageBatchResultTypeDef | ChangeMessageVisibilityBatchResultTypeDef
+    ) -> None:
         # Sender faults are stale or unknown receipts: ignored, as the port promises. Server faults are not.
         failed = response.get("Failed", [])
         server_side = [item for item in failed if not item.get("SenderFault", False)]
@@ -123,7 +136,9 @@ class SqsQueue:
 
     async def delete_batch(self, receipts: Sequence[str]) -> None:
         for chunk in _chunks(receipts):
-            entries = [{"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(chunk)]
+            entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(chunk)
+            ]
             with aws_errors(f"sqs delete_batch {self.name}"):
                 sqs = await self._aws.sqs()
                 response = await sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
@@ -132,7 +147,7 @@ class SqsQueue:
     async def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
         seconds = _visibility_seconds(timeout_seconds)
         for chunk in _chunks(receipts):
-            entries = [
+            entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
                 for i, receipt in enumerate(chunk)
             ]

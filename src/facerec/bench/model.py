@@ -84,9 +84,11 @@ def embedding_rates(recognizer: Any, crop_size: int, rounds: int) -> dict[str, A
         crops = torch.randn(size, 3, crop_size, crop_size) * 0.5
         recognizer.embed_crops(crops)  # first call at a new shape pays for allocator growth
         repeats = max(1, 32 // size)
-        rates[size] = median_rate(
-            size * repeats, lambda c=crops, r=repeats: [recognizer.embed_crops(c) for _ in range(r)], rounds
-        )
+
+        def run(c: torch.Tensor = crops, r: int = repeats) -> list[Any]:
+            return [recognizer.embed_crops(c) for _ in range(r)]
+
+        rates[size] = median_rate(size * repeats, run, rounds)
     best = max(rates, key=lambda size: rates[size])
     return {
         "faces_per_s_by_batch": {str(size): round(rate, 2) for size, rate in rates.items()},

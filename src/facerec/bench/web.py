@@ -55,7 +55,8 @@ def _serve(port: int, backend: str, data_dir: str | None) -> None:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # typeshed: getsockname() returns Any
+        return port
 
 
 async def _wait_ready(base_url: str, timeout_s: float = 30.0) -> None:

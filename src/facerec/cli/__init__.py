@@ -31,7 +31,8 @@ class _LazyGroup(click.Group):
                 if exc.name == module_name:
                     return None  # not built yet
                 raise
-            return getattr(module, attr)
+            command: click.Command = getattr(module, attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
 

@@ -26,7 +26,8 @@ class _LazyBenchGroup(click.Group):
         if module_name is None:
             return None
         try:
-            return importlib.import_module(module_name).command
+            command: click.Command = importlib.import_module(module_name).command
+            return command
         except ModuleNotFoundError as exc:
             if exc.name == module_name:
                 return None

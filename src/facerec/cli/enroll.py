@@ -50,6 +50,7 @@ def enroll(
     """
     from facerec.recognition.gallery import Gallery
     from facerec.recognition.recognizer import Recognizer
+    from facerec.recognition.results import ImageRejected
 
     if (gallery_path is None) == (not to_store):
         raise click.UsageError("give either --gallery FILE or --store")
@@ -73,10 +74,10 @@ def enroll(
             for (name, path), result in zip(chunk, results, strict=True):
                 if hasattr(result, "shape"):
                     embeddings[name].append(result)
-                elif getattr(result, "no_face", False):
+                elif isinstance(result, ImageRejected):
+                    problems.append(f"{path}: {result.code}: {result.message}")
+                else:  # embed's only other outcome: the NoFace result
                     problems.append(f"{path}: no face found")
-                else:
-                    problems.append(f"{path}: {result.code}: {result.message}")  # type: ignore[union-attr]
             progress.update(len(chunk))
     for problem in problems:
         click.echo(f"skipped {problem}", err=True)

@@ -65,7 +65,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1 (float32)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    scaled: np.ndarray = vectors / np.maximum(norms, 1e-12)  # numpy's stubs type ufunc results as Any
+    return scaled
 
 
 @dataclass(frozen=True)

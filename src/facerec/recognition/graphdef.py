@@ -84,6 +84,7 @@ def iter_fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
     while pos < end:
         key, pos = read_varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == VARINT:
             value, pos = read_varint(data, pos)
         elif wire == LENGTH_DELIMITED:

@@ -92,11 +92,12 @@ class Recognizer:
 
     def embed(self, images: Sequence[ImageInput]) -> list[Embedding | Outcome]:
         """One unit embedding per image with a face; otherwise its NoFace result or ImageRejected."""
-        faces, outcomes = self._detect(images)
-        found = [index for index, face in enumerate(faces) if face is not None]
+        faces, detected = self._detect(images)
+        outcomes: list[Embedding | Outcome] = list(detected)
+        found = [(index, face) for index, face in enumerate(faces) if face is not None]
         if found:
-            vectors = self.embed_crops(torch.stack([faces[index].crop for index in found]))  # type: ignore[union-attr]
-            for index, vector in zip(found, vectors, strict=True):
+            vectors = self.embed_crops(torch.stack([face.crop for _, face in found]))
+            for (index, _), vector in zip(found, vectors, strict=True):
                 outcomes[index] = vector
         return outcomes
 
@@ -104,13 +105,11 @@ class Recognizer:
         """An embedding for each photo with exactly one face; `not_one_face` or the decode error otherwise."""
         faces, outcomes = self._detect(images)
         results: list[EnrollOutcome] = []
-        usable = [index for index, face in enumerate(faces) if face is not None and face.faces == 1]
-        vectors = (
-            self.embed_crops(torch.stack([faces[index].crop for index in usable]))  # type: ignore[union-attr]
-            if usable
-            else []
+        usable = [(index, face) for index, face in enumerate(faces) if face is not None and face.faces == 1]
+        vectors: np.ndarray | list[Embedding] = (
+            self.embed_crops(torch.stack([face.crop for _, face in usable])) if usable else []
         )
-        by_index = dict(zip(usable, vectors, strict=True))
+        by_index = dict(zip([index for index, _ in usable], vectors, strict=True))
         for index, (face, outcome) in enumerate(zip(faces, outcomes, strict=True)):
             if index in by_index and face is not None:
                 results.append(Enrollment([float(x) for x in by_index[index]], face.box, face.probability))
@@ -151,11 +150,11 @@ class Recognizer:
         started = time.perf_counter()
         faces, outcomes = self._detect(images)
         detected = time.perf_counter()
-        found = [index for index, face in enumerate(faces) if face is not None]
+        found = [(index, face) for index, face in enumerate(faces) if face is not None]
         if found:
-            vectors = self.embed_crops(torch.stack([faces[index].crop for index in found]))  # type: ignore[union-attr]
-            for index, vector in zip(found, vectors, strict=True):
-                outcomes[index] = self._name(faces[index], vector)  # type: ignore[arg-type]
+            vectors = self.embed_crops(torch.stack([face.crop for _, face in found]))
+            for (index, face), vector in zip(found, vectors, strict=True):
+                outcomes[index] = self._name(face, vector)
         log.info(
             "recognized",
             extra={
@@ -165,11 +164,11 @@ class Recognizer:
                 "embed_s": round(time.perf_counter() - detected, 4),
             },
         )
-        return outcomes  # type: ignore[return-value]
+        return outcomes
 
-    def _detect(self, images: Sequence[ImageInput]) -> tuple[list[DetectedFace | None], list[Embedding | Outcome]]:
+    def _detect(self, images: Sequence[ImageInput]) -> tuple[list[DetectedFace | None], list[Outcome]]:
         """Faces for the decodable images; outcomes pre-filled with NoFace / ImageRejected for the rest."""
-        outcomes: list[Embedding | Outcome] = [_no_face()] * len(images)
+        outcomes: list[Outcome] = [_no_face()] * len(images)
         decoded: list[Image.Image] = []
         positions: list[int] = []
         for index, data in enumerate(images):

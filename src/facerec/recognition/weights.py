@@ -99,12 +99,12 @@ def conv_module_names(scopes: list[str]) -> dict[str, str]:
             branches[f"{block}.branch{branch.group(1)}"].append(scope)
         else:
             raise ConversionError(f"unexpected conv scope {TF_ROOT}{scope}")
-    for branch, members in branches.items():
+    for branch_name, members in branches.items():
         if len(members) == 1:
-            names[members[0]] = branch
+            names[members[0]] = branch_name
         else:
             for index, scope in enumerate(sorted(members)):
-                names[scope] = f"{branch}.{index}"
+                names[scope] = f"{branch_name}.{index}"
     return names
 
 

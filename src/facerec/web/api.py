@@ -89,7 +89,8 @@ class RecognitionOut(BaseModel):
 
 
 def _gateway(request: Request) -> RecognitionGateway:
-    return request.app.state.gateway
+    gateway: RecognitionGateway = request.app.state.gateway  # Starlette's State holds untyped attributes
+    return gateway
 
 
 async def _recognize(request: Request) -> Answer:

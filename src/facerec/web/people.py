@@ -67,7 +67,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _store(request: Request) -> BlobStore:
-    store = request.app.state.data.gallery
+    store: BlobStore | None = request.app.state.data.gallery  # Starlette's State holds untyped attributes
     if store is None:
         raise ServiceError(501, "not_supported", "this deployment has no gallery store")
     return store

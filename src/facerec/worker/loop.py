@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
 from facerec.recognition.results import BatchRecognizer, Enroller, EnrollOutcome, Outcome
@@ -68,8 +69,7 @@ class Worker:
         self.in_hand = InHand(
             data.requests, settings.visibility_timeout_s, self.stats, extend_after=settings.visibility_extend_after
         )
-        can_enroll = all(hasattr(recognizer, name) for name in ("enroll", "embedding_fields", "use_enrolled"))
-        self._enroller: Enroller | None = recognizer if can_enroll else None  # type: ignore[assignment]
+        self._enroller: Enroller | None = recognizer if _can_enroll(recognizer) else None
         self.gallery_sync = (
             GallerySync(data.gallery, self._enroller, settings.gallery_refresh_s)
             if data.gallery is not None and self._enroller is not None
@@ -347,6 +347,11 @@ class Worker:
             await self.data.gallery.put(key, body.encode("utf-8"), "application/json")
         else:
             await self.data.outputs.put(key, body.encode("utf-8"), "text/plain; charset=utf-8")
+
+
+def _can_enroll(recognizer: BatchRecognizer) -> TypeGuard[Enroller]:
+    """A recognizer that can enroll too: it has all of Enroller's methods."""
+    return all(hasattr(recognizer, name) for name in ("enroll", "embedding_fields", "use_enrolled"))
 
 
 def _accumulate(timings: dict[str, float], more: dict[str, float]) -> None:

@@ -33,6 +33,7 @@ def skip_triton() -> None:
     """torchvision's import pulls in torch._dynamo, which loads triton (about 80 MB) where it is installed
     (the CUDA build). Inference here is eager and never compiles, so the worker tells Python it is absent."""
     if "triton" not in sys.modules:
+        # typeshed types sys.modules as ModuleType values; None there is Python's documented import block.
         sys.modules["triton"] = None  # type: ignore[assignment]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict
 
 from facerec.ports import DataTier
 from facerec.recognition.results import BatchRecognizer
@@ -39,6 +40,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 RecognizerFactory = Callable[[Settings], BatchRecognizer]
 DataTierOpener = Callable[[Settings], AbstractAsyncContextManager[DataTier]]
+
+
+class _LoopOutcome(TypedDict, total=False):
+    """What the event-loop thread hands back to the main thread: its stats, or what it raised."""
+
+    stats: WorkerStats
+    error: BaseException
 
 
 def worker_name() -> str:
@@ -61,7 +69,8 @@ def import_factory(spec: str) -> RecognizerFactory:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"expected module:callable, got {spec!r}")
-    return getattr(importlib.import_module(module_name), attr)
+    factory: RecognizerFactory = getattr(importlib.import_module(module_name), attr)  # whatever the spec names
+    return factory
 
 
 def mark_ready(path: Path) -> None:
@@ -139,7 +148,7 @@ def run_worker(
     runner = MainThreadRunner()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
-    outcome: dict[str, WorkerStats | BaseException] = {}
+    outcome: _LoopOutcome = {}
 
     def event_loop_thread() -> None:
         try:
@@ -175,7 +184,7 @@ def run_worker(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
+        raise outcome["error"]
     stats = outcome["stats"]
     assert isinstance(stats, WorkerStats)
     return stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Awaitable, Callable
@@ -21,25 +22,15 @@ async def run_in_daemon_thread(fn: Callable[[], T], name: str = "facerec-inferen
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def _settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # the awaiting task was cancelled meanwhile
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
     def _target() -> None:
         try:
-            result = fn()
+            settle: Callable[[], None] = functools.partial(_resolve, future, fn())
         except BaseException as exc:
             # Hand every failure to the awaiting coroutine; the thread itself has nowhere to report it.
-            outcome: tuple[T | None, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
+            settle = functools.partial(_reject, future, exc)
         # The loop may be closed already when a stopped worker abandoned this thread.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, *outcome)
+            loop.call_soon_threadsafe(settle)
 
     threading.Thread(target=_target, name=name, daemon=True).start()
     return await future
@@ -86,19 +77,20 @@ class MainThreadRunner:
             fn, loop, future = job
             self.busy = True
             try:
-                outcome: tuple[Any, BaseException | None] = (fn(), None)
+                settle: Callable[[], None] = functools.partial(_resolve, future, fn())
             except BaseException as exc:  # handed to the awaiting coroutine, like run_in_daemon_thread
-                outcome = (None, exc)
+                settle = functools.partial(_reject, future, exc)
             finally:
                 self.busy = False
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, *outcome)
+                loop.call_soon_threadsafe(settle)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
+def _resolve(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # the awaiting task was cancelled meanwhile
         future.set_result(result)
+
+
+def _reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

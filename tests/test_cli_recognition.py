@@ -92,6 +92,7 @@ def test_enroll_without_person_folders_is_a_usage_error(tmp_path: Path, monkeypa
     assert result.exit_code == 2 and "sub-folders" in result.output
 
 
+@pytest.mark.timeout(240)  # 117 LFW photos through the real model: about 40 s here, more on a busy machine
 def test_lfw_small_accuracy_with_the_real_weights(
     lfw_dir: Path, lfw_people: dict[str, list[Path]], tmp_path: Path
 ) -> None:

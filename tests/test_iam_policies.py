@@ -108,16 +108,24 @@ def test_web_policy_actions() -> None:
 
 
 def test_web_policy_touches_only_tagged_app_tier_instances() -> None:
-    for statement in statements(render_policy("web", settings(fleet_mode="run"), ACCOUNT)):
-        instance_actions = {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
-        if set(as_list(statement["Action"])) & instance_actions:
-            condition = statement["Condition"]
-            assert condition["StringEquals"] == {"aws:ResourceTag/facerec:prefix": PREFIX}
-            assert condition["StringLike"] == {"aws:ResourceTag/Name": "app-tier-instance-*"}
-        if "ec2:RunInstances" in as_list(statement["Action"]) and any(
-            r.endswith(":instance/*") for r in as_list(statement["Resource"])
-        ):
-            assert statement["Condition"]["StringEquals"] == {"aws:RequestTag/facerec:prefix": PREFIX}
+    instance_actions = {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
+    document = render_policy("web", settings(fleet_mode="run"), ACCOUNT)
+    on_instances = [s for s in statements(document) if set(as_list(s["Action"])) & instance_actions]
+    # Every instance action is granted, and only behind the prefix and name tag conditions.
+    assert set().union(*(as_list(s["Action"]) for s in on_instances)) >= instance_actions
+    for statement in on_instances:
+        condition = statement["Condition"]
+        assert condition["StringEquals"] == {"aws:ResourceTag/facerec:prefix": PREFIX}
+        assert condition["StringLike"] == {"aws:ResourceTag/Name": "app-tier-instance-*"}
+    launches = [
+        s
+        for s in statements(document)
+        if "ec2:RunInstances" in as_list(s["Action"]) and any(r.endswith(":instance/*") for r in as_list(s["Resource"]))
+    ]
+    # Run mode can launch instances, and only ones tagged with this deployment's prefix.
+    assert launches
+    for statement in launches:
+        assert statement["Condition"]["StringEquals"] == {"aws:RequestTag/facerec:prefix": PREFIX}
 
 
 def test_worker_policy_splits_reads_and_writes() -> None:

@@ -131,5 +131,19 @@ def test_pil_images_are_accepted(enrolled, images: list[bytes]) -> None:  # type
     assert outcome.name == "person2"
 
 
-def test_warm_up_runs(enrolled) -> None:  # type: ignore[no-untyped-def]
-    enrolled.warm_up()
+def test_warm_up_runs_the_embedding_model_and_the_detector(
+    enrolled, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    batches: list[int] = []
+    hook = enrolled.model.register_forward_hook(lambda module, args, output: batches.append(len(args[0])))
+    detected: list[int] = []
+    detect = enrolled.detector.detect
+    monkeypatch.setattr(enrolled.detector, "detect", lambda images: detected.append(len(images)) or detect(images))
+    try:
+        with caplog.at_level("INFO", logger="facerec.recognition.recognizer"):
+            enrolled.warm_up()
+    finally:
+        hook.remove()
+    assert batches == [1] and detected == [1]
+    [record] = [r for r in caplog.records if r.getMessage() == "recognizer_warm"]
+    assert record.seconds >= 0

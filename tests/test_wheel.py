@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "123456789012"

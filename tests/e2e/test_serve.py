@@ -96,6 +96,7 @@ async def recognize_all(service: Service, uploads: list[tuple[str, bytes]]) -> t
         return list(answers), time.monotonic()
 
 
+@pytest.mark.timeout(180)  # real workers load the model: about 30 s here with start-up
 async def test_serve_answers_100_concurrent_requests_and_scales_0_to_n_to_0(
     service: Service, lfw_people: dict[str, list[Path]]
 ) -> None:

@@ -16,6 +16,7 @@ from facerec.web.gateway import RecognitionGateway
 from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
 from facerec.web.page import page_router
 from facerec.web.pending import PendingRequests
+from facerec.web.people import load_gallery_file_people
 from facerec.web.people import router as people_router
 from facerec.web.response_poller import ResponsePoller
 from facerec.web.uploads import MULTIPART_OVERHEAD_BYTES, BodySizeLimit
@@ -92,6 +93,7 @@ def create_app(
     app.state.settings = settings
     app.state.pending = pending
     app.state.metrics = metrics
+    app.state.gallery_file_people = load_gallery_file_people(settings.gallery)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(people_router)

@@ -13,6 +13,7 @@ from facerec.cli import main
 from facerec.cli.enroll import person_photos
 from tests.conftest import jpeg_bytes
 from tests.standin_model import install_standin_weights
+from tests.test_recognizer_enroll import side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,23 @@ def test_enroll_then_recognize(people_dir: Path, tmp_path: Path, monkeypatch: py
     records = json.loads(as_json.stdout)
     assert [r["name"] for r in records] == [probes[0].parent.name, probes[1].parent.name]
     assert all(r["distance"] < 1e-3 and len(r["box"]) == 4 for r in records)
+
+
+def test_enroll_skips_a_photo_with_two_faces_like_the_api(
+    tmp_path: Path, lfw_people: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_standin_weights(monkeypatch)
+    (ann, ann_photos), (_, bill_photos) = list(lfw_people.items())[2:4]
+    folder = tmp_path / "people" / ann
+    folder.mkdir(parents=True)
+    shutil.copy(ann_photos[0], folder / "ann.jpg")
+    pair = folder / "with_bill.jpg"
+    pair.write_bytes(side_by_side(ann_photos[1], bill_photos[1]))
+
+    result = CliRunner().invoke(main, ["enroll", str(tmp_path / "people"), "--gallery", str(tmp_path / "g.pt")])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {pair}: 2 faces" in result.stderr
+    assert "enrolled 1 person from 1 photo into" in result.stdout and "(1 skipped)" in result.stdout
 
 
 def test_per_person_limit_takes_the_first_sorted_photos(tmp_path: Path) -> None:

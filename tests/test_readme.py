@@ -17,3 +17,15 @@ def test_first_lines_install_and_serve_then_test() -> None:
 def test_every_setting_is_documented() -> None:
     missing = [name for name in Settings.model_fields if f"`FACEREC_{name.upper()}`" not in README]
     assert not missing, f"add these settings to the README's table: {missing}"
+
+
+def test_every_command_is_in_the_commands_table() -> None:
+    from facerec.cli import _COMMANDS
+    from facerec.cli.bench import _BENCHMARKS
+
+    table = README.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    rows = {line.split("`")[1].split()[1]: line for line in table.splitlines() if line.startswith("| `facerec ")}
+    assert sorted(rows) == sorted(_COMMANDS)
+    bench_usage = rows["bench"].split("`")[1].replace("\\|", " ").split()  # `facerec bench model \| worker ...`
+    missing = [name for name in _BENCHMARKS if name not in bench_usage]
+    assert not missing, f"add these benchmarks to the README's commands table: {missing}"

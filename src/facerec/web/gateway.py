@@ -204,6 +204,9 @@ def _unavailable(what: str, exc: PortError) -> ServiceError:
 def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:
     if response.error is not None:
         status, message = _WORKER_ERRORS.get(response.error.code, (502, "processing failed"))
+        if response.error.code == ErrorCode.IMAGE_TOO_LARGE:
+            # The worker's words carry the numbers: the image's pixels, the limit and the setting to change.
+            message = f"{message}: {response.error.message}"
         log.info("worker_error", extra={"request_id": request_id, "code": str(response.error.code)})
         raise ServiceError(status, str(response.error.code), message)
     if response.result is None:

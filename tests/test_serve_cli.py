@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from facerec.cli.serve import banner
 from facerec.recognition.gallery import Gallery, GalleryMeta
 from facerec.settings import Settings
-from tests.e2e.processes import free_port, interrupt
+from tests.e2e.processes import free_port, interrupt, wait_for_http
 
 
 def serve_argv(*options: str) -> list[str]:
@@ -77,5 +79,13 @@ def test_serve_prints_the_banner_with_the_gallery_it_loaded(tmp_path: Path) -> N
         text = log.read_text()
         assert f"gallery: {gallery} (3 people)" in text, text
         assert f"data: {tmp_path / 'data'} (local backend)" in text
+
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout_s=60, process=process, log=log)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:
         interrupt(process, timeout_s=30)
+    # Exactly one JSON line for that request (uvicorn's access log stays off), and no ANSI colour copies.
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    health = [line for line in lines if line.get("path") == "/healthz"]
+    assert [(line["event"], line["status"]) for line in health] == [("http_request", 200)]
+    assert not [line for line in lines if line["logger"] == "uvicorn.access" or "color_message" in line]

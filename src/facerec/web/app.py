@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.settings import Settings, get_settings
+from facerec.web.access_log import AccessLog
 from facerec.web.api import router
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
@@ -105,4 +106,5 @@ def create_app(
         file_limit=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog)
     return app

@@ -66,11 +66,12 @@ class RecognitionGateway:
         self._settings = settings
         self.accepting = True
 
-    async def recognize(self, upload: Upload, receive: Receive | None = None) -> Answer:
-        """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait."""
+    async def recognize(self, upload: Upload, receive: Receive | None = None, request_id: str | None = None) -> Answer:
+        """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait.
+        `request_id` is the HTTP request's id (new if not given), so the access log line names this recognition."""
         started = time.perf_counter()
         self.admit()
-        request_id = keys.new_request_id()
+        request_id = request_id or keys.new_request_id()
         # Registered before anything is sent so that even an instant answer finds its future.
         future = self._pending.register(request_id)
         try:

@@ -83,7 +83,8 @@ def test_serve_prints_the_banner_with_the_gallery_it_loaded(tmp_path: Path) -> N
         wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout_s=60, process=process, log=log)
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:
-        interrupt(process, timeout_s=30)
+        returncode, _ = interrupt(process, timeout_s=30)
+    assert returncode == 0, "Ctrl-C is the normal way to stop the service"
     # Exactly one JSON line for that request (uvicorn's access log stays off), and no ANSI colour copies.
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     health = [line for line in lines if line.get("path") == "/healthz"]

@@ -6,6 +6,7 @@ On the embedded default the scaler starts `facerec worker` subprocesses on this 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -134,4 +135,9 @@ def serve(log_level: str, **options: Any) -> None:
         access_log=False,  # the app logs one JSON line per request itself
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    # Ctrl-C stops the server gracefully and then surfaces here; `uvicorn.run` swallows it the same way.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:  # e.g. the data tier could not be opened: the log says why
+        raise SystemExit(1)

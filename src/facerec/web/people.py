@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -30,8 +30,8 @@ PHOTO_FIELD = "photos"
 MAX_PHOTOS = 10
 
 
-ENROLLED = "enrolled"
-GALLERY_FILE = "gallery-file"
+ENROLLED: Final = "enrolled"
+GALLERY_FILE: Final = "gallery-file"
 
 
 class Person(BaseModel):
@@ -101,7 +101,8 @@ def load_gallery_file_people(gallery: str | None) -> dict[str, int]:
 
 
 def _file_people(request: Request) -> dict[str, int]:
-    return getattr(request.app.state, "gallery_file_people", {})
+    people: dict[str, int] = getattr(request.app.state, "gallery_file_people", {})
+    return people
 
 
 def _store(request: Request) -> BlobStore:

@@ -13,6 +13,7 @@ from facerec.cli import main
 from facerec.cli.enroll import person_photos
 from facerec.testing import jpeg_bytes
 from tests.standin_model import install_standin_weights
+from tests.test_recognizer_enroll import side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +50,40 @@ def test_enroll_then_recognize(people_dir: Path, tmp_path: Path, monkeypatch: py
     probes.append(people_dir / "Broken_Person" / "blank.jpg")
     probes.append(people_dir / "Broken_Person" / "garbage.jpg")
     result = runner.invoke(main, ["recognize", "--gallery", str(gallery), *map(str, probes)])
-    assert result.exit_code == 0, result.output
-    expected = [f"{p.stem}:{p.parent.name}" for p in probes[:3]] + ["blank:NoFace", "garbage:error:not_an_image"]
+    # The unreadable image fails the command, on stderr only: stdout holds the `<stem>:<name>` answers.
+    assert result.exit_code == 1, result.output
+    expected = [f"{p.stem}:{p.parent.name}" for p in probes[:3]] + ["blank:NoFace"]
     assert result.stdout.splitlines() == expected
+    assert result.stderr.splitlines() == [f"error {probes[4]}: not_an_image: not a supported image format"]
+
+    readable = runner.invoke(main, ["recognize", "--gallery", str(gallery), *map(str, probes[:4])])
+    assert readable.exit_code == 0 and readable.stderr == ""
 
     as_json = runner.invoke(main, ["recognize", "--json", "--gallery", str(gallery), *map(str, probes[:2])])
     records = json.loads(as_json.stdout)
     assert [r["name"] for r in records] == [probes[0].parent.name, probes[1].parent.name]
     assert all(r["distance"] < 1e-3 and len(r["box"]) == 4 for r in records)
+
+    with_error = runner.invoke(main, ["recognize", "--json", "--gallery", str(gallery), str(probes[4])])
+    assert with_error.exit_code == 1 and "garbage.jpg: not_an_image" in with_error.stderr
+    assert json.loads(with_error.stdout)[0]["error"]["code"] == "not_an_image"
+
+
+def test_enroll_skips_a_photo_with_two_faces_like_the_api(
+    tmp_path: Path, lfw_people: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_standin_weights(monkeypatch)
+    (ann, ann_photos), (_, bill_photos) = list(lfw_people.items())[2:4]
+    folder = tmp_path / "people" / ann
+    folder.mkdir(parents=True)
+    shutil.copy(ann_photos[0], folder / "ann.jpg")
+    pair = folder / "with_bill.jpg"
+    pair.write_bytes(side_by_side(ann_photos[1], bill_photos[1]))
+
+    result = CliRunner().invoke(main, ["enroll", str(tmp_path / "people"), "--gallery", str(tmp_path / "g.pt")])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {pair}: 2 faces" in result.stderr
+    assert "enrolled 1 person from 1 photo into" in result.stdout and "(1 skipped)" in result.stdout
 
 
 def test_per_person_limit_takes_the_first_sorted_photos(tmp_path: Path) -> None:

@@ -156,7 +156,9 @@ async def test_enroll_list_recognize_and_forget_across_two_workers() -> None:
         assert "not a JPEG" in reasons["notes.txt"]
 
         listed = (await client.get("/v1/people")).json()
-        assert listed == {"people": [{"name": "Ada Lovelace", "photos": 2}]}
+        assert listed == {
+            "people": [{"name": "Ada Lovelace", "photos": 2, "embeddings": 2, "source": "enrolled", "read_only": False}]
+        }
         # Every worker knows her within a few seconds, without a restart.
         seen_after = await until(lambda: all("Ada Lovelace" in m.people for m in models))
         assert seen_after < 3.0

@@ -38,7 +38,7 @@ async def test_local_backend_round_trip(tmp_path: Path) -> None:
 async def test_aws_backend_round_trip_on_moto(endpoint: str) -> None:
     settings: dict[str, Any] = {"backend": "aws", "aws_endpoint_url": endpoint, "web_poll_wait_s": 1.0}
     create_aws_resources(Settings(**settings))
-    # moto is slow per round trip (see DESIGN.md): a few dozen requests prove the wiring.
+    # moto's server is slow per round trip: a few dozen requests prove the wiring.
     await _round_trip(30, **settings)
 
 

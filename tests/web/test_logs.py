@@ -65,3 +65,32 @@ async def test_cors_is_off_by_default() -> None:
         )
     for answer in (preflight, response):
         assert not any(h.lower().startswith("access-control-") for h in answer.headers)
+
+
+async def test_one_access_line_per_request_with_its_id_and_no_filename(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_web(max_upload_bytes=2000) as web:
+        recognized = await web.client.post("/v1/recognitions", **upload(jpeg_bytes(size=(96, 96)), "secret-name.jpg"))
+        refused = await web.client.post("/", **upload(b"\0" * 5000, "huge.jpg"))  # the size guard's early 413
+        health = await web.client.get("/healthz?token=abc")
+    access = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.getMessage() == "http_request"]
+    assert [(line["method"], line["path"], line["status"]) for line in access] == [
+        ("POST", "/v1/recognitions", 200),
+        ("POST", "/", 413),
+        ("GET", "/healthz", 200),
+    ]
+    assert access[0]["request_id"] == recognized.json()["request_id"] == recognized.headers["x-request-id"]
+    assert len({line["request_id"] for line in access}) == 3
+    assert refused.headers["x-request-id"] == access[1]["request_id"]
+    assert health.headers["x-request-id"] == access[2]["request_id"]
+    assert all(isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0 for line in access)
+    text = "\n".join(json.dumps(line) for line in access)
+    assert "secret-name" not in text and "huge.jpg" not in text and "token" not in text
+
+
+def test_uvicorn_color_message_is_not_logged() -> None:
+    record = logging.makeLogRecord(
+        {"msg": "Uvicorn running on %s", "args": ("x",), "color_message": "Uvicorn running on \x1b[1m%s\x1b[0m"}
+    )
+    line = JsonFormatter().format(record)
+    assert "color_message" not in json.loads(line) and "\x1b" not in line and "\\u001b" not in line

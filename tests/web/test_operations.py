@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
@@ -125,7 +126,14 @@ class _GatedWorker:
 
 
 @pytest.mark.slow
-def test_serving_requests_never_imports_torch() -> None:
+def test_serving_requests_never_imports_torch(tmp_path: Path) -> None:
+    import numpy as np
+
+    from facerec.recognition.gallery import Gallery, GalleryMeta
+
+    # With a gallery file too: the web tier lists its people without loading it with torch.
+    gallery = tmp_path / "gallery.pt"
+    Gallery(["Bob"], np.eye(1, 512, dtype=np.float32), GalleryMeta(weights="w", crop_size=160, margin=14)).save(gallery)
     script = textwrap.dedent(
         """
         import asyncio, io, sys
@@ -136,7 +144,7 @@ def test_serving_requests_never_imports_torch() -> None:
         from facerec.web.app import create_app
 
         async def main():
-            app = create_app(Settings(), memory_data_tier, companions=[instant_worker_companion()])
+            app = create_app(Settings(gallery=GALLERY), memory_data_tier, companions=[instant_worker_companion()])
             buffer = io.BytesIO()
             Image.new("RGB", (32, 32)).save(buffer, format="PNG")
             async with app.router.lifespan_context(app):
@@ -149,7 +157,8 @@ def test_serving_requests_never_imports_torch() -> None:
                     await client.get("/", headers={"Accept": "text/html"})
                     files = [("photos", ("p.png", buffer.getvalue()))]
                     assert (await client.post("/v1/people/Ada/photos", files=files)).status_code == 200
-                    assert (await client.get("/v1/people")).status_code == 200
+                    listed = (await client.get("/v1/people")).json()["people"]
+                    assert [p["name"] for p in listed if p["read_only"]] == ["Bob"], listed
                     assert (await client.delete("/v1/people/Ada")).status_code in (204, 404)
             # numpy too: the web image (Dockerfile.web) does not install it.
             heavy = ("torch", "torchvision", "facenet_pytorch", "numpy")
@@ -157,7 +166,7 @@ def test_serving_requests_never_imports_torch() -> None:
 
         asyncio.run(main())
         """
-    )
+    ).replace("GALLERY", repr(str(gallery)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -401,3 +401,28 @@ def test_api_docs_render_with_no_network(site: Site, browser_page: tuple[Any, Pa
     assert requests.sent == []
     assert set(requests.refused) <= {REDOC_LOGO}
     assert [message for message in problems.messages if REDOC_LOGO not in message] == []
+
+
+def test_people_from_the_gallery_file_are_shown_read_only(
+    site: Site, browser_page: tuple[Any, PageProblems], tmp_path: Path
+) -> None:
+    """No mocks: a server started with `--gallery` lists the file's people, without a delete button."""
+    import numpy as np
+
+    from facerec.recognition.gallery import Gallery, GalleryMeta
+
+    gallery = tmp_path / "gallery.pt"
+    names = ["Amelie_Mauresmo", "Hans_Blix"]
+    Gallery(names, np.eye(2, 512, dtype=np.float32), GalleryMeta(weights="w", crop_size=160, margin=14)).save(gallery)
+    page, problems = browser_page
+    with serving(site.worker, gallery=str(gallery)) as base_url:
+        page.goto(base_url + "/")
+        expect_text(
+            page, "#people-status", r"^2 people from the gallery file \(read-only\); nobody enrolled here yet\.$"
+        )
+        assert page.locator("#people-list li").all_inner_texts() == [
+            "Amelie_Mauresmo\nfrom the gallery file",
+            "Hans_Blix\nfrom the gallery file",
+        ]
+        assert page.locator("#people-list button").count() == 0
+    assert problems.messages == []

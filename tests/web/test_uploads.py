@@ -180,3 +180,34 @@ async def test_hostile_filenames_get_safe_keys_and_sensible_stems(filename: str,
 )
 def test_sniff_image_type(data: bytes, mime: str | None) -> None:
     assert sniff_image_type(data) == mime
+
+
+async def test_413_messages_name_the_numbers_and_the_setting() -> None:
+    from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse, ResponseError
+    from facerec.recognition.images import ImageDecodeError, decode_image
+
+    def decode_with_a_small_pixel_limit(request: RecognitionRequest, data: bytes) -> RecognitionResponse:
+        """What a worker answers when the image has more pixels than FACEREC_MAX_IMAGE_PIXELS (here 100x100)."""
+        try:
+            decode_image(data, max_pixels=100 * 100)
+        except ImageDecodeError as exc:
+            error = ResponseError(code=ErrorCode(exc.code), message=exc.message)
+            return RecognitionResponse(id=request.id, error=error)
+        raise AssertionError("the image should have been too large")
+
+    async with running_web(answer=decode_with_a_small_pixel_limit, max_upload_bytes=200_000) as web:
+        pixels = await web.client.post("/v1/recognitions", **upload(jpeg_bytes(size=(120, 100))))
+        # Beyond twice the limit Pillow's own guard answers first: the message keeps the same numbers and setting.
+        bomb = await web.client.post("/v1/recognitions", **upload(jpeg_bytes(size=(300, 200))))
+        bytes_over = await web.client.post("/", **upload(PHOTO + b"\0" * 300_000))
+    assert pixels.status_code == 413
+    assert pixels.json()["error"]["message"] == (
+        "the image has too many pixels: 120x100 = 12000 pixels, over the limit of 10000 "
+        "(setting FACEREC_MAX_IMAGE_PIXELS)"
+    )
+    assert bomb.status_code == 413
+    assert bomb.json()["error"]["message"] == (
+        "the image has too many pixels: 60000 pixels, over the limit of 10000 (setting FACEREC_MAX_IMAGE_PIXELS)"
+    )
+    assert bytes_over.status_code == 413
+    assert bytes_over.text == "upload larger than the limit of 200000 bytes (setting FACEREC_MAX_UPLOAD_BYTES)"

@@ -10,6 +10,9 @@ import click
 from tqdm import tqdm
 
 from facerec.cli.model_options import model_options, settings_from_options
+from facerec.cli.text import plural
+from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
+from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,38 @@ def person_photos(directory: Path, per_person: int | None) -> dict[str, list[Pat
         photos = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         people[folder.name] = photos[:per_person] if per_person else photos
     return people
+
+
+def usable_photos(recognizer: Any, jobs: list[tuple[str, Path]]) -> list[tuple[str, Path, Enrollment]]:
+    """The photos with exactly one face, embedded; every other photo is reported on stderr with the reason.
+
+    The rule is `Recognizer.enroll`'s, the same one a worker applies to photos uploaded through the API, so a
+    photo the API refuses is refused here too (a group photo would otherwise enroll whichever face was largest).
+    """
+    usable: list[tuple[str, Path, Enrollment]] = []
+    batch = recognizer.settings.batch_max
+    with tqdm(total=len(jobs), unit="photo", desc="enroll") as progress:
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start : start + batch]
+            outcomes = recognizer.enroll([path.read_bytes() for _, path in chunk])
+            for (name, path), outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, Enrollment):
+                    usable.append((name, path, outcome))
+                else:
+                    click.echo(f"skipped {path}: {skip_reason(outcome)}", err=True)
+            progress.update(len(chunk))
+    return usable
+
+
+def skip_reason(outcome: ImageRejected) -> str:
+    """`2 faces found; enroll needs exactly one`, `no face found in the photo`, `not_an_image: ...`."""
+    return outcome.message if outcome.code == NOT_ONE_FACE else f"{outcome.code}: {outcome.message}"
+
+
+def summary(people: int, photos: int, skipped: int, into: str) -> str:
+    return (
+        f"enrolled {plural(people, 'person', 'people')} from {plural(photos, 'photo')} into {into} ({skipped} skipped)"
+    )
 
 
 @click.command()
@@ -44,13 +79,15 @@ def enroll(
     **options: Any,
 ) -> None:
     """Enroll DIRECTORY (one sub-folder of photos per person, named after them) into a gallery file, or with
-    --store into the running service's gallery store (photos with exactly one face only).
+    --store into the running service's gallery store.
 
-    Photos without a face or that cannot be decoded are listed, never silently skipped.
+    Only photos with exactly one face are used (the API's rule); every other photo is listed on stderr with
+    the reason, never silently skipped.
     """
+    import numpy as np
+
     from facerec.recognition.gallery import Gallery
     from facerec.recognition.recognizer import Recognizer
-    from facerec.recognition.results import ImageRejected
 
     if (gallery_path is None) == (not to_store):
         raise click.UsageError("give either --gallery FILE or --store")
@@ -65,54 +102,31 @@ def enroll(
         enroll_into_store(recognizer, settings, people)
         return
     jobs = [(name, path) for name, photos in people.items() for path in photos]
+    usable = usable_photos(recognizer, jobs)
     embeddings: dict[str, list[Any]] = {name: [] for name in people}
-    problems: list[str] = []
-    with tqdm(total=len(jobs), unit="photo", desc="enroll") as progress:
-        for start in range(0, len(jobs), settings.batch_max):
-            chunk = jobs[start : start + settings.batch_max]
-            results = recognizer.embed([path.read_bytes() for _, path in chunk])
-            for (name, path), result in zip(chunk, results, strict=True):
-                if hasattr(result, "shape"):
-                    embeddings[name].append(result)
-                elif isinstance(result, ImageRejected):
-                    problems.append(f"{path}: {result.code}: {result.message}")
-                else:  # embed's only other outcome: the NoFace result
-                    problems.append(f"{path}: no face found")
-            progress.update(len(chunk))
-    for problem in problems:
-        click.echo(f"skipped {problem}", err=True)
+    for name, _, outcome in usable:
+        embeddings[name].append(np.asarray(outcome.vector, dtype=np.float32))
     for name in sorted(name for name, vectors in embeddings.items() if not vectors):
         click.echo(f"not enrolled {name}: no usable photo", err=True)
     gallery = Gallery.from_people(embeddings, recognizer.gallery_meta())
     if len(gallery) == 0:
-        raise click.ClickException("no face found in any photo; gallery not written")
+        raise click.ClickException("no photo with exactly one face; gallery not written")
     assert gallery_path is not None
     gallery.save(gallery_path)
-    used = sum(len(vectors) for vectors in embeddings.values())
-    click.echo(f"enrolled {len(gallery)} people from {used} photos into {gallery_path} ({len(problems)} skipped)")
+    click.echo(summary(len(gallery), len(usable), len(jobs) - len(usable), str(gallery_path)))
 
 
-def enroll_into_store(recognizer: Any, settings: Any, people: dict[str, list[Path]]) -> None:
+def enroll_into_store(recognizer: Any, settings: Settings, people: dict[str, list[Path]]) -> None:
     """Embed each photo with exactly one face and write it to the data tier's gallery store."""
     import asyncio
 
     from facerec import keys
     from facerec.backend import open_data_tier
     from facerec.people import EmbeddingRecord, normalise_name, save_enrollment
-    from facerec.recognition.results import Enrollment
 
     jobs = [(normalise_name(name), path) for name, photos in people.items() for path in photos]
     fields = recognizer.embedding_fields()
-    enrolled: list[tuple[str, Path, Enrollment]] = []
-    with tqdm(total=len(jobs), unit="photo", desc="enroll") as progress:
-        for start in range(0, len(jobs), recognizer.settings.batch_max):
-            chunk = jobs[start : start + recognizer.settings.batch_max]
-            for (name, path), outcome in zip(chunk, recognizer.enroll([p.read_bytes() for _, p in chunk]), strict=True):
-                if isinstance(outcome, Enrollment):
-                    enrolled.append((name, path, outcome))
-                else:
-                    click.echo(f"skipped {path}: {outcome.message}", err=True)
-            progress.update(len(chunk))
+    enrolled = usable_photos(recognizer, jobs)
 
     async def write() -> None:
         async with open_data_tier(settings) as data:
@@ -125,4 +139,5 @@ def enroll_into_store(recognizer: Any, settings: Any, people: dict[str, list[Pat
 
     asyncio.run(write())
     names = {name for name, _, _ in enrolled}
-    click.echo(f"enrolled {len(names)} people from {len(enrolled)} photos into the gallery store ({settings.backend})")
+    into = f"the gallery store ({settings.backend})"
+    click.echo(summary(len(names), len(enrolled), len(jobs) - len(enrolled), into))

@@ -6,12 +6,17 @@ On the embedded default the scaler starts `facerec worker` subprocesses on this 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import click
 
+from facerec.cli.text import plural
+from facerec.gallery_file import GalleryFileError, gallery_people
 from facerec.logs import configure_logging
 from facerec.settings import Settings
 
@@ -22,6 +27,57 @@ def export_for_workers(overrides: dict[str, Any]) -> None:
         os.environ[f"FACEREC_{key.upper()}"] = str(value)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The web tier's socket, bound before anything is printed or started: a taken port is then reported in
+    one sentence instead of after the banner, and no data directory or queue is created for nothing."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # As uvicorn does: a restarted service can bind while the old connections sit in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One sentence for the person at the terminal: which address, and the option that changes it."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{host}:{port} is already in use (is facerec already running?); "
+            f"choose another port with --port, e.g. `facerec serve --port {port + 1 if port < 65535 else 8080}`."
+        )
+    return f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another address with --host or --port."
+
+
+def banner(settings: Settings, gallery_people: dict[str, int] | None) -> list[str]:
+    """What `facerec serve` tells its user once it can listen: where it answers, what it knows, where the data
+    lives. The first line goes to stdout, the rest to stderr."""
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [f"facerec on {url}  (docs: {url}/docs, metrics: {url}/metrics)"]
+    if gallery_people is None:
+        lines.append(
+            "no gallery: every face is answered `Unknown`. Make one with "
+            "`facerec enroll PHOTOS_DIR --gallery gallery.pt`, then `facerec serve --gallery gallery.pt`."
+        )
+    else:
+        lines.append(f"gallery: {settings.gallery} ({plural(len(gallery_people), 'person', 'people')})")
+    # What the gallery's answers mean (e.g. the Unknown threshold) belongs here, next to the gallery.
+    if settings.backend == "local":
+        lines.append(f"data: {settings.data_dir} (local backend)")
+    else:
+        lines.append(
+            f"data: AWS {settings.aws_region}, buckets and queues named {settings.prefix}-* "
+            f"(e.g. {settings.in_bucket}, {settings.req_queue})"
+        )
+    where = "subprocesses on this machine" if settings.backend == "local" else "EC2 instances"
+    scaled = f"{settings.min_workers}..{settings.max_workers}"
+    lines.append(f"workers: {scaled} ({where}, scaled with the requests in flight)")
+    lines.append(f"try: curl -F inputFile=@photo.jpg {url}/   (Ctrl-C stops the service and its workers)")
+    return lines
+
+
 @click.command()
 @click.option("--host", help="Interface to listen on (default 127.0.0.1: this machine only).")
 @click.option("--port", type=int, help="Port (default 8000).")
@@ -29,7 +85,11 @@ def export_for_workers(overrides: dict[str, Any]) -> None:
 @click.option("--backend", type=click.Choice(["local", "aws"]), help="Data tier and fleet (default: local).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local backend's directory.")
 @click.option("--prefix", help="Resource name prefix (buckets, queues).")
-@click.option("--max-workers", type=click.IntRange(min=0), help="Most workers at once (default: cores / 15 on AWS).")
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=0),
+    help="Most workers at once (default: the number of cores locally, 15 on AWS).",
+)
 @click.option("--min-workers", type=click.IntRange(min=0), help="Workers kept running when idle (default 0).")
 @click.option("--weights", help="Worker weights: `casia-webface`, `vggface2` or a state_dict path.")
 @click.option("--unknown-threshold", type=float, help="Distance beyond which the answer is `Unknown`.")
@@ -43,35 +103,41 @@ def serve(log_level: str, **options: Any) -> None:
 
     overrides = {key: value for key, value in options.items() if value is not None}
     if "gallery" in overrides:
-        gallery = Path(overrides["gallery"]).expanduser().resolve()
-        if not gallery.is_file():
-            raise click.BadParameter(f"{gallery} is not a file", param_hint="--gallery")
-        overrides["gallery"] = str(gallery)
+        overrides["gallery"] = str(Path(overrides["gallery"]).expanduser().resolve())
     if "data_dir" in overrides:
         overrides["data_dir"] = overrides["data_dir"].expanduser().resolve()
     settings = Settings(**overrides)
+    known: dict[str, int] | None = None
+    if settings.gallery:  # from --gallery or FACEREC_GALLERY
+        if not Path(settings.gallery).is_file():
+            raise click.BadParameter(f"{settings.gallery} is not a file", param_hint="--gallery")
+        try:
+            known = gallery_people(settings.gallery)
+        except GalleryFileError as exc:
+            raise click.BadParameter(str(exc), param_hint="--gallery") from None
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        click.echo(bind_problem(settings.host, settings.port, exc), err=True)
+        raise SystemExit(1) from None
     export_for_workers(overrides)
     configure_logging(log_level.upper())
 
     service = ScalerService(settings)
     app = create_app(settings, worker_count=service.worker_count, companions=[service.companion])
-    url = f"http://{settings.host}:{settings.port}"
-    click.echo(f"facerec on {url}  (docs: {url}/docs, metrics: {url}/metrics)")
-    click.echo(f"backend: {settings.backend}, workers: {settings.min_workers}..{settings.max_workers}", err=True)
-    if settings.backend == "local":
-        click.echo(f"data: {settings.data_dir}", err=True)
-    if not settings.gallery:
-        click.echo(
-            "no gallery: every face is answered `Unknown`. Make one with "
-            "`facerec enroll PHOTOS_DIR --gallery gallery.pt`, then `facerec serve --gallery gallery.pt`.",
-            err=True,
-        )
-    click.echo("try: curl -F inputFile=@photo.jpg " + url + "/   (Ctrl-C stops the service and its workers)", err=True)
-    uvicorn.run(
+    first, *rest = banner(settings, known)
+    click.echo(first)
+    for line in rest:
+        click.echo(line, err=True)
+    config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         log_config=None,
-        access_log=False,
+        access_log=False,  # the app logs one JSON line per request itself
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+    server = uvicorn.Server(config)
+    # Ctrl-C stops the server gracefully and then surfaces here; `uvicorn.run` swallows it the same way.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:  # e.g. the data tier could not be opened: the log says why
+        raise SystemExit(1)

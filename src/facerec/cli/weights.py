@@ -77,4 +77,5 @@ def info(as_json: bool, **overrides: Any) -> None:
         click.echo(json.dumps(details, indent=2))
         return
     for key, value in details.items():
-        click.echo(f"{key}: {'' if value is None else value}")
+        if value is not None:  # e.g. `problem` only when there is one, `sha256` only once converted
+            click.echo(f"{key}: {value}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -57,7 +58,10 @@ def decode_image(data: bytes | Image.Image, max_pixels: int) -> Image.Image:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(IMAGE_TOO_LARGE, str(exc)) from exc
+        # Pillow's guard fires first beyond twice our limit; its message holds the pixel count (not the size).
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise ImageDecodeError(IMAGE_TOO_LARGE, _over_the_limit(pixels, max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(NOT_AN_IMAGE, "not a supported image format") from exc
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
@@ -68,9 +72,16 @@ def decode_image(data: bytes | Image.Image, max_pixels: int) -> Image.Image:
 def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ImageDecodeError(IMAGE_TOO_LARGE, f"{width}x{height} is over the limit of {max_pixels} pixels")
+        raise ImageDecodeError(
+            IMAGE_TOO_LARGE, _over_the_limit(f"{width}x{height} = {width * height} pixels", max_pixels)
+        )
     if min(width, height) < MIN_SIDE:
         raise ImageDecodeError(NOT_AN_IMAGE, f"{width}x{height} is too small to hold a face")
+
+
+def _over_the_limit(pixels: str, max_pixels: int) -> str:
+    """What the user reads (it travels in a 120-byte message field): the image's pixels, the limit, the setting."""
+    return f"{pixels}, over the limit of {max_pixels} (setting FACEREC_MAX_IMAGE_PIXELS)"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

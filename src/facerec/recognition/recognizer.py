@@ -54,7 +54,7 @@ class Recognizer:
             model, model_id = load_embedding_model(settings), weights_id(settings)
         self.settings = settings
         self.model_id = model_id or "unidentified"
-        # channels_last: measured faster for this network's convolutions on CPU (DESIGN.md: 37 -> 45 faces/s).
+        # channels_last: measured faster for this network's convolutions on CPU (37 -> 45 faces/s).
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.detector = FaceDetector(settings)
         self.gallery = gallery if gallery is not None else Gallery.empty(self.gallery_meta())

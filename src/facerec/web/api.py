@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from facerec.messages import Box
 from facerec.ports import DataTier
+from facerec.web.access_log import request_id
 from facerec.web.errors import ErrorBody
 from facerec.web.gateway import Answer, RecognitionGateway
 from facerec.web.uploads import UPLOAD_FIELD, multipart_body, read_upload
@@ -97,7 +98,7 @@ async def _recognize(request: Request) -> Answer:
     gateway = _gateway(request)
     gateway.admit()  # refuse before reading an upload we would not process
     upload = await read_upload(request, request.app.state.settings.max_upload_bytes)
-    return await gateway.recognize(upload, receive=request.receive)
+    return await gateway.recognize(upload, receive=request.receive, request_id=request_id(request.scope))
 
 
 @router.post(

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.settings import Settings, get_settings
+from facerec.web.access_log import AccessLog
 from facerec.web.api import router
 from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
@@ -17,6 +18,7 @@ from facerec.web.gateway import RecognitionGateway
 from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
 from facerec.web.page import page_router
 from facerec.web.pending import PendingRequests
+from facerec.web.people import load_gallery_file_people
 from facerec.web.people import router as people_router
 from facerec.web.response_poller import ResponsePoller
 from facerec.web.uploads import MULTIPART_OVERHEAD_BYTES, BodySizeLimit
@@ -97,6 +99,7 @@ def create_app(
     app.state.settings = settings
     app.state.pending = pending
     app.state.metrics = metrics
+    app.state.gallery_file_people = load_gallery_file_people(settings.gallery)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(people_router)
@@ -108,4 +111,5 @@ def create_app(
         file_limit=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog)
     return app

@@ -66,11 +66,12 @@ class RecognitionGateway:
         self._settings = settings
         self.accepting = True
 
-    async def recognize(self, upload: Upload, receive: Receive | None = None) -> Answer:
-        """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait."""
+    async def recognize(self, upload: Upload, receive: Receive | None = None, request_id: str | None = None) -> Answer:
+        """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait.
+        `request_id` is the HTTP request's id (new if not given), so the access log line names this recognition."""
         started = time.perf_counter()
         self.admit()
-        request_id = keys.new_request_id()
+        request_id = request_id or keys.new_request_id()
         # Registered before anything is sent so that even an instant answer finds its future.
         future = self._pending.register(request_id)
         try:
@@ -204,6 +205,9 @@ def _unavailable(what: str, exc: PortError) -> ServiceError:
 def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:
     if response.error is not None:
         status, message = _WORKER_ERRORS.get(response.error.code, (502, "processing failed"))
+        if response.error.code == ErrorCode.IMAGE_TOO_LARGE:
+            # The worker's words carry the numbers: the image's pixels, the limit and the setting to change.
+            message = f"{message}: {response.error.message}"
         log.info("worker_error", extra={"request_id": request_id, "code": str(response.error.code)})
         raise ServiceError(status, str(response.error.code), message)
     if response.result is None:

@@ -1,20 +1,28 @@
 """Gallery management: list, enroll and forget people. The gallery lives in the data tier's gallery store, so
 every worker (local or on EC2) sees a change within `gallery_refresh_s`; photos are embedded by the app tier,
-never here (the web process does not import torch)."""
+never here (the web process does not import torch).
+
+People from the `--gallery` file are listed too, read-only: they live in a file the workers load at start-up,
+which the API cannot change (`facerec enroll` makes it)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from facerec import people
+from facerec.gallery_file import GalleryFileError, gallery_people
 from facerec.ports import BlobStore, PortError
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import RecognitionGateway
 from facerec.web.uploads import multipart_body, read_photos
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/people", tags=["people"])
 
@@ -22,9 +30,22 @@ PHOTO_FIELD = "photos"
 MAX_PHOTOS = 10
 
 
+ENROLLED: Final = "enrolled"
+GALLERY_FILE: Final = "gallery-file"
+
+
 class Person(BaseModel):
     name: str
-    photos: int = Field(description="Enrolled photos (each with exactly one face).")
+    photos: int | None = Field(
+        description="Enrolled photos (each with exactly one face); null for a gallery-file person (the file keeps "
+        "embeddings, not photos)."
+    )
+    embeddings: int = Field(description="Reference embeddings the workers compare faces with.")
+    source: Literal["enrolled", "gallery-file"] = Field(
+        description="`enrolled`: through this API or `facerec enroll --store`; `gallery-file`: from the file given "
+        "with `--gallery`."
+    )
+    read_only: bool = Field(description="True for gallery-file people: the API cannot change or delete them.")
 
 
 class PeopleOut(BaseModel):
@@ -58,12 +79,30 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed multipart body, or more than 10 photos.",
         404: "No such person.",
+        409: "The person comes from the gallery file, which the API cannot change.",
         413: "The request body is larger than the upload limit.",
         422: "Invalid name, or no file in multipart field `photos`.",
         501: "This deployment has no gallery store.",
         503: "The gallery store or the request queue is unavailable, or the service is overloaded.",
     }
     return {status: {"description": descriptions[status], "model": ErrorBody} for status in statuses}
+
+
+def load_gallery_file_people(gallery: str | None) -> dict[str, int]:
+    """Person -> entries in the `--gallery` file (read once: workers load the file at start-up only)."""
+    if not gallery:
+        return {}
+    try:
+        return gallery_people(Path(gallery))
+    except GalleryFileError as exc:
+        # The workers refuse such a file with their own error; the web tier still serves the enrolled people.
+        log.warning("gallery_file_unreadable", extra={"path": gallery, "error": str(exc)[:200]})
+        return {}
+
+
+def _file_people(request: Request) -> dict[str, int]:
+    people: dict[str, int] = getattr(request.app.state, "gallery_file_people", {})
+    return people
 
 
 def _store(request: Request) -> BlobStore:
@@ -90,7 +129,17 @@ async def list_people(request: Request) -> PeopleOut:
         enrolled = await people.enrolled_people(_store(request))
     except PortError as exc:
         raise _unavailable(exc) from None
-    return PeopleOut(people=[Person(name=name, photos=count) for name, count in enrolled.items()])
+    listed = [
+        Person(name=name, photos=count, embeddings=count, source=ENROLLED, read_only=False)
+        for name, count in enrolled.items()
+    ]
+    listed += [
+        Person(name=name, photos=None, embeddings=count, source=GALLERY_FILE, read_only=True)
+        for name, count in _file_people(request).items()
+    ]
+    # A name both in the file and enrolled appears twice, once per source: only the enrolled photos can go.
+    listed.sort(key=lambda person: (person.name, person.source))
+    return PeopleOut(people=listed)
 
 
 @router.post(
@@ -136,7 +185,7 @@ async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
     status_code=204,
     response_class=Response,
     summary="Forget a person (photos and embeddings)",
-    responses=_errors(404, 422, 501, 503),
+    responses=_errors(404, 409, 422, 501, 503),
 )
 async def delete_person(name: str, request: Request) -> Response:
     person = _name(name)
@@ -144,6 +193,13 @@ async def delete_person(name: str, request: Request) -> Response:
         deleted = await people.forget_person(_store(request), person)
     except PortError as exc:
         raise _unavailable(exc) from None
+    if not deleted and person in _file_people(request):
+        raise ServiceError(
+            409,
+            "read_only",
+            f"{person!r} comes from the gallery file {request.app.state.settings.gallery} and cannot be deleted "
+            "through the API; rebuild the file with `facerec enroll` without them",
+        )
     if not deleted:
         raise ServiceError(404, "not_found", f"no person named {person!r} is enrolled")
     return Response(status_code=204)

@@ -50,7 +50,9 @@ class Upload:
 
 
 def too_large(limit: int) -> ServiceError:
-    return ServiceError(413, "image_too_large", f"upload larger than the limit of {limit} bytes")
+    return ServiceError(
+        413, "image_too_large", f"upload larger than the limit of {limit} bytes (setting FACEREC_MAX_UPLOAD_BYTES)"
+    )
 
 
 class BodySizeLimit:

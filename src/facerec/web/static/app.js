@@ -262,6 +262,13 @@ function personEntry(person) {
   label.textContent = person.name;
   const count = document.createElement("span");
   count.className = "person-photos";
+  if (person.read_only) {
+    // From the --gallery file: the workers know them, but only `facerec enroll` can change that file.
+    count.textContent = "from the gallery file";
+    entry.dataset.source = person.source;
+    entry.append(label, count);
+    return entry;
+  }
   count.textContent = plural(person.photos, "photo");
   const button = document.createElement("button");
   button.type = "button";
@@ -297,7 +304,17 @@ async function refreshPeople() {
   }
   const { people } = await response.json();
   list.replaceChildren(...people.map(personEntry));
-  setStatus(status, people.length ? `${plural(people.length, "person", "people")} enrolled.` : "Nobody is enrolled yet.");
+  setStatus(status, peopleSummary(people));
+}
+
+function peopleSummary(people) {
+  const fromFile = people.filter((person) => person.read_only).length;
+  const enrolled = people.length - fromFile;
+  const file = `${plural(fromFile, "person", "people")} from the gallery file (read-only)`;
+  if (enrolled && fromFile) return `${plural(enrolled, "person", "people")} enrolled, ${file}.`;
+  if (enrolled) return `${plural(enrolled, "person", "people")} enrolled.`;
+  if (fromFile) return `${file}; nobody enrolled here yet.`;
+  return "Nobody is enrolled yet.";
 }
 
 async function removePerson(person) {

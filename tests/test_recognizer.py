@@ -147,3 +147,23 @@ def test_warm_up_runs_the_embedding_model_and_the_detector(
     assert batches == [1] and detected == [1]
     [record] = [r for r in caplog.records if r.getMessage() == "recognizer_warm"]
     assert record.seconds >= 0
+
+
+def test_a_gallery_replaced_during_a_batch_never_mislabels_it(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    """Enrollment replaces the gallery from another thread while a batch runs: names must come from the gallery
+    the distances were computed in. "Aaron" sorts first, so in the new gallery every old index names someone
+    else."""
+    before = enrolled.gallery
+    newer = Gallery(["Aaron", *before.names], np.concatenate([before.embeddings[:1], before.embeddings]), before.meta)
+
+    class SwappedDuringSearch(Gallery):
+        def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            enrolled.gallery = newer  # as GallerySync would, mid-batch
+            return super().nearest(queries)
+
+    enrolled.gallery = SwappedDuringSearch(before.names, before.embeddings, before.meta)
+    try:
+        outcomes = enrolled.recognize(images)
+    finally:
+        enrolled.gallery = before
+    assert [o.name for o in outcomes] == [f"person{i}" for i in range(len(images))]

@@ -153,8 +153,11 @@ class Recognizer:
         found = [(index, face) for index, face in enumerate(faces) if face is not None]
         if found:
             vectors = self.embed_crops(torch.stack([face.crop for _, face in found]))
+            # One gallery for the whole batch: use_enrolled() may replace self.gallery from another thread at
+            # any moment, and an index found in one gallery must be named from that same gallery.
+            gallery = self.gallery
             for (index, face), vector in zip(found, vectors, strict=True):
-                outcomes[index] = self._name(face, vector)
+                outcomes[index] = self._name(gallery, face, vector)
         log.info(
             "recognized",
             extra={
@@ -182,15 +185,15 @@ class Recognizer:
             faces[index] = face
         return faces, outcomes
 
-    def _name(self, face: DetectedFace, vector: Embedding) -> FaceResult:
-        if len(self.gallery) == 0:
+    def _name(self, gallery: Gallery, face: DetectedFace, vector: Embedding) -> FaceResult:
+        if len(gallery) == 0:
             return FaceResult(UNKNOWN, None, face.box, face.probability, unknown=True)
-        indices, distances = self.gallery.nearest(vector[None, :])
+        indices, distances = gallery.nearest(vector[None, :])
         distance = float(distances[0])
         threshold = self.settings.unknown_threshold
         if threshold is not None and distance > threshold:
             return FaceResult(UNKNOWN, distance, face.box, face.probability, unknown=True)
-        return FaceResult(self.gallery.names[int(indices[0])], distance, face.box, face.probability)
+        return FaceResult(gallery.names[int(indices[0])], distance, face.box, face.probability)
 
 
 def _no_face() -> FaceResult:

@@ -28,10 +28,18 @@ FAKE_WORKER = textwrap.dedent(
 
     # argv: mode, then how loading ends: a delay in seconds, or "gate:PATH" (ready once PATH exists).
     mode, load = sys.argv[1], sys.argv[2]
-    if mode == "stubborn":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # With FAKE_STOP_GATE set, a graceful worker exits after SIGTERM only once that file exists, so a test can
+    # observe "stopping" without racing the exit.
+    stop_gate = os.environ.get("FAKE_STOP_GATE")
+    stopping = False
+
+    def on_sigterm(*_):
+        global stopping
+        if stop_gate is None:
+            sys.exit(0)
+        stopping = True
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_sigterm)
     print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("FACEREC_")}), flush=True)
     if load.startswith("gate:"):
         while not os.path.exists(load.removeprefix("gate:")):
@@ -45,6 +53,8 @@ FAKE_WORKER = textwrap.dedent(
     if mode == "crash":
         sys.exit(3)
     while True:
+        if stopping and os.path.exists(stop_gate):
+            sys.exit(0)
         time.sleep(0.02)
     """
 )
@@ -85,7 +95,7 @@ async def make_fleet(settings: Settings, fake_worker: Path, tmp_path: Path) -> A
         await fleet.close()
 
 
-async def wait_for(fleet: LocalFleet, predicate: Callable[[list[WorkerInfo]], bool], within: float = 5.0) -> float:
+async def wait_for(fleet: LocalFleet, predicate: Callable[[list[WorkerInfo]], bool], within: float = 20.0) -> float:
     """Poll list() like the scaler does; returns the seconds it took for `predicate` to hold."""
     started = time.monotonic()
     while not predicate(await fleet.list()):
@@ -133,8 +143,11 @@ async def test_start_respects_max_names_and_becomes_running(
     assert len(await fleet.list()) == 3
 
 
-async def test_stop_goes_through_stopping_then_frees_the_name(make_fleet: Callable[..., LocalFleet]) -> None:
-    fleet = make_fleet(max_workers=3, delay=0.0)
+async def test_stop_goes_through_stopping_then_frees_the_name(
+    make_fleet: Callable[..., LocalFleet], tmp_path: Path
+) -> None:
+    stop_gate = tmp_path / "stop-gate"
+    fleet = make_fleet(max_workers=3, delay=0.0, env={"FAKE_STOP_GATE": str(stop_gate)})
     await fleet.start(3)
     await wait_for(fleet, lambda ws: all(w.state is WorkerState.RUNNING for w in ws))
     second = next(w for w in await fleet.list() if w.name == "app-tier-instance-2")
@@ -143,10 +156,11 @@ async def test_stop_goes_through_stopping_then_frees_the_name(make_fleet: Callab
     # Stopping counts as not running: the fleet has room for one more at once.
     replacement = await fleet.start(5)
     assert [w.name for w in replacement] == ["app-tier-instance-4"]
-    await wait_for(fleet, lambda ws: "app-tier-instance-2" not in states(ws), within=2.0)
+    stop_gate.touch()
+    await wait_for(fleet, lambda ws: "app-tier-instance-2" not in states(ws), within=20.0)
     assert not is_alive(pid_of(second))
     await fleet.stop([replacement[0].worker_id])
-    await wait_for(fleet, lambda ws: len(ws) == 2, within=2.0)
+    await wait_for(fleet, lambda ws: len(ws) == 2, within=20.0)
     assert [w.name for w in await fleet.start(1)] == ["app-tier-instance-2"]  # lowest free number
 
 
@@ -163,7 +177,7 @@ async def test_stop_of_pending_worker(make_fleet: Callable[..., LocalFleet], tmp
     await wait_for_output(tmp_path / "logs" / "app-tier-instance-1.log")  # the worker runs, still loading
     assert states(await fleet.list()) == {"app-tier-instance-1": WorkerState.PENDING}
     await fleet.stop([worker.worker_id])
-    await wait_for(fleet, lambda ws: ws == [], within=2.0)
+    await wait_for(fleet, lambda ws: ws == [], within=20.0)
 
 
 async def test_sigterm_ignored_escalates_to_sigkill(
@@ -175,7 +189,7 @@ async def test_sigterm_ignored_escalates_to_sigkill(
     with caplog.at_level(logging.INFO, logger="facerec.adapters.local_fleet"):
         await fleet.stop([worker.worker_id])
         assert states(await fleet.list()) == {"app-tier-instance-1": WorkerState.STOPPING}
-        took = await wait_for(fleet, lambda ws: ws == [], within=10.0)
+        took = await wait_for(fleet, lambda ws: ws == [], within=20.0)
     assert took > 0.2  # it ignored SIGTERM for (about) the whole 0.3 s grace period
     assert not is_alive(pid_of(worker))
     [exited] = [r for r in caplog.records if r.getMessage() == "worker_exited"]
@@ -186,7 +200,7 @@ async def test_sigterm_ignored_escalates_to_sigkill(
 async def test_crashed_worker_is_reaped_and_replaced(make_fleet: Callable[..., LocalFleet]) -> None:
     fleet = make_fleet(mode="crash", max_workers=2, delay=0.0)
     await fleet.start(2)
-    await wait_for(fleet, lambda ws: ws == [], within=3.0)
+    await wait_for(fleet, lambda ws: ws == [], within=20.0)
     assert len(await fleet.start(2)) == 2
 
 

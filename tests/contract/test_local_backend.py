@@ -86,7 +86,9 @@ async def test_waiting_receive_wakes_on_another_connections_send(tmp_path: Path)
             [message] = await waiting
             latencies.append(time.perf_counter() - sent_at)
             await receiver.delete_batch([message.receipt])
-        assert sorted(latencies)[2] < 0.05, latencies
+        # Woken by the other connection's send (the 5 ms watcher), not by the end of the 5 s wait; the speed
+        # itself is `facerec bench queue`'s to measure.
+        assert sorted(latencies)[2] < 0.5, latencies
     finally:
         await receiver_db.aclose()
         await sender_db.aclose()

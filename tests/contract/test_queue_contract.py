@@ -56,7 +56,8 @@ async def test_empty_receive_returns_after_its_wait(queue_kit: QueueKit) -> None
     started = time.monotonic()
     assert await queue.receive(10, wait_seconds=0) == []
     assert await queue.receive(10, wait_seconds=1) == []
-    assert 0.9 <= time.monotonic() - started < 3
+    # It waited its second (not returned at once), and did return: the bound is generous for a busy machine.
+    assert 0.9 <= time.monotonic() - started < 10
 
 
 async def test_long_poll_returns_when_a_message_arrives(queue_kit: QueueKit) -> None:
@@ -67,7 +68,7 @@ async def test_long_poll_returns_when_a_message_arrives(queue_kit: QueueKit) -> 
     await queue.send("wake")
     [message] = await receiving
     assert message.body == "wake"
-    assert time.monotonic() - sent_at < 2
+    assert time.monotonic() - sent_at < 5  # woken by the send, not by the end of its 10 s wait
 
 
 async def test_hidden_until_visibility_expires_then_redelivered_with_new_receipt(queue_kit: QueueKit) -> None:

@@ -92,7 +92,9 @@ async def test_shutdown_waits_for_in_flight_requests_then_closes() -> None:
             while app.state.pending.in_flight == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):
+            while app.state.gateway.accepting:  # noqa: ASYNC110 - a condition, polled
+                await asyncio.sleep(0.01)
         refused = await client.post("/", **upload(PHOTO))
         assert not shutdown.done()  # still draining
         gate.set()

@@ -1,4 +1,4 @@
-"""Shared fixtures: the design brief's datasets in ../shared/datasets (never copied into the repo)."""
+"""Shared fixtures: the shared datasets in ../shared/datasets (never copied into the repository) and moto."""
 
 from __future__ import annotations
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from facerec.adapters.local_fleet import default_command
 from facerec.settings import Settings
 from tests.paths import REPO_ROOT
 
@@ -39,12 +39,7 @@ def worker_process(settings: Settings, tmp_path: Path, name: str, delay_s: float
         "FAKE_RECOGNIZER_BATCH_FILE": str(tmp_path / f"{name}.batch"),
     }
     argv = [
-        sys.executable,
-        "-m",
-        "facerec.worker",
-        "--backend=local",
-        f"--data-dir={settings.data_dir}",
-        f"--prefix={settings.prefix}",
+        *default_command(settings),  # as the local fleet starts workers
         f"--batch-max={settings.batch_max}",
         f"--visibility-timeout={settings.visibility_timeout_s}",
         f"--max-receives={settings.max_receives}",

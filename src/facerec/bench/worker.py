@@ -16,7 +16,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -26,6 +25,7 @@ from typing import Any
 import click
 
 from facerec import keys
+from facerec.adapters.local_fleet import default_command
 from facerec.messages import RecognitionRequest, parse_response
 from facerec.recognition.results import BatchRecognizer
 from facerec.settings import Settings
@@ -168,12 +168,7 @@ def run_worker_once(
 ) -> dict[str, Any]:
     ready, log_file = workdir / "ready", workdir / "worker.log"
     argv = [
-        sys.executable,
-        "-m",
-        "facerec.worker",
-        "--backend=local",
-        f"--data-dir={settings.data_dir}",
-        f"--prefix={settings.prefix}",
+        *default_command(settings),  # as the local fleet starts workers
         f"--batch-max={settings.batch_max}",
         f"--batch-fill-wait-ms={settings.batch_fill_wait_ms}",
         "--prefetch" if prefetch else "--no-prefetch",

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
@@ -23,6 +24,7 @@ def side_by_side(first: Path, second: Path) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.timeout(180)  # the real model, on a possibly busy machine
 def test_enroll_needs_exactly_one_face_and_enrolled_people_are_recognized(
     lfw_people: dict[str, list[Path]],
 ) -> None:

@@ -23,7 +23,9 @@ PHOTO = jpeg_bytes((200, 30, 30))
 async def test_1000_concurrent_requests_each_get_their_own_answer() -> None:
     images = [jpeg_bytes((25 * i, 255 - 20 * i, 90)) for i in range(10)]
     assert len({digest_name(image) for image in images}) == 10
-    async with running_web(max_in_flight=2000) as web:
+    # The deadline is generous: this is about whose answer each request gets, and 1000 uploads through one
+    # event loop on a busy machine can take longer than the harness's usual 5 s.
+    async with running_web(max_in_flight=2000, request_deadline_s=120) as web:
         # Same filename for all: concurrent uploads with one name must not steal each other's answers.
         replies = await asyncio.gather(
             *(web.client.post("/v1/recognitions", **upload(images[i % 10], "same.jpg")) for i in range(1000))
@@ -31,7 +33,7 @@ async def test_1000_concurrent_requests_each_get_their_own_answer() -> None:
         assert web.in_flight == 0
         assert await web.data.inputs.count() == 1000
         assert (await web.data.responses.stats()).visible == 0
-    assert all(reply.status_code == 200 for reply in replies)
+    assert [reply.status_code for reply in replies] == [200] * 1000
     assert [reply.json()["name"] for reply in replies] == [digest_name(images[i % 10]) for i in range(1000)]
     assert len({reply.json()["request_id"] for reply in replies}) == 1000
 

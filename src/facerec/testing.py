@@ -195,7 +195,10 @@ class InstantWorker:
             self._data.gallery, request.input_key, request.output_key, record, request.deadline
         )
         if refused is not None:
-            code = ErrorCode.PERSON_DELETED if refused == people.PERSON_DELETED else ErrorCode.DEADLINE_EXCEEDED
+            code = {
+                people.PERSON_DELETED: ErrorCode.PERSON_DELETED,
+                people.PHOTO_DELETED: ErrorCode.INPUT_MISSING,
+            }.get(refused, ErrorCode.DEADLINE_EXCEEDED)
             error = ResponseError(code=code, message=f"enrollment not kept: {refused}")
             return RecognitionResponse(id=request.id, error=error, worker=response.worker)
         result = response.result.model_copy(update={"name": request.person or "", "unknown": False})

@@ -282,8 +282,10 @@ class Worker:
     async def _commit(self, job: Job, answer: Answer) -> Answer:
         """Write an enrollment's record if its request is still awaited and its person not deleted since it was
         sent (`people.commit_enrollment`); otherwise an error answer (the web tier may no longer wait for it)."""
-        if answer.output is None or self.data.gallery is None:
+        if answer.output is None:
             return answer
+        if self.data.gallery is None:  # pragma: no cover - _enroll refuses to enroll without a gallery store
+            return failed_answer(job, "this worker has no gallery store", self.name)
         key, body = answer.output
         record = EmbeddingRecord.model_validate_json(body)
         refused = await people.commit_enrollment(

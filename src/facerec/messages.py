@@ -51,6 +51,12 @@ class RecognitionRequest(_Message):
         "to `output_key` there, for `person`.",
     )
     person: ClippedText | None = Field(None, description="Who is being enrolled (kind `enroll` only).")
+    generation: str | None = Field(
+        None,
+        pattern=r"^[0-9]{20}$",
+        description="The person's generation when the web tier sent the enrollment (kind `enroll` only; None "
+        "before the person's first delete): the record is kept only while it is still current.",
+    )
 
 
 class ErrorCode(StrEnum):
@@ -62,6 +68,8 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     NOT_ONE_FACE = "not_one_face"
     """Enrollment needs exactly one face in the photo."""
+    PERSON_DELETED = "person_deleted"
+    """The person was deleted while the photo was being enrolled: no record was kept."""
 
 
 class Box(BaseModel):

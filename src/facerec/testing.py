@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from PIL import Image
 
+from facerec import people
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
 from facerec.messages import (
     ErrorCode,
@@ -188,8 +189,18 @@ class InstantWorker:
             crop_size=0,
             margin=0,
             normalisation="none",
+            generation=request.generation,
         )
-        await self._data.gallery.put(request.output_key, record.model_dump_json().encode(), "application/json")
+        refused = await people.commit_enrollment(
+            self._data.gallery, request.input_key, request.output_key, record, request.deadline
+        )
+        if refused is not None:
+            code = {
+                people.PERSON_DELETED: ErrorCode.PERSON_DELETED,
+                people.PHOTO_DELETED: ErrorCode.INPUT_MISSING,
+            }.get(refused, ErrorCode.DEADLINE_EXCEEDED)
+            error = ResponseError(code=code, message=f"enrollment not kept: {refused}")
+            return RecognitionResponse(id=request.id, error=error, worker=response.worker)
         result = response.result.model_copy(update={"name": request.person or "", "unknown": False})
         return response.model_copy(update={"result": result})
 

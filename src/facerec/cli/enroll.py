@@ -13,16 +13,24 @@ from facerec.cli.model_options import model_options, settings_from_options
 from facerec.cli.text import plural
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
 from facerec.settings import Settings
+from facerec.validation import InvalidPersonName, person_name
 
 log = logging.getLogger(__name__)
 
 
 def person_photos(directory: Path, per_person: int | None) -> dict[str, list[Path]]:
-    """Person (folder name) -> their photo files, sorted, at most `per_person` of them."""
+    """Person (folder name, in the canonical form the API uses) -> their photo files, sorted, at most
+    `per_person` of them. A folder whose name is not a valid person name is skipped with a message."""
     people: dict[str, list[Path]] = {}
     for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            name = person_name(folder.name)
+        except InvalidPersonName as exc:
+            click.echo(f"skipped folder {folder.name!r}: not a valid person name: {exc}", err=True)
+            continue
         photos = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        people[folder.name] = photos[:per_person] if per_person else photos
+        photos = sorted([*people.get(name, []), *photos])
+        people[name] = photos[:per_person] if per_person else photos
     return people
 
 
@@ -122,9 +130,9 @@ def enroll_into_store(recognizer: Any, settings: Settings, people: dict[str, lis
 
     from facerec import keys
     from facerec.backend import open_data_tier
-    from facerec.people import EmbeddingRecord, normalise_name, save_enrollment
+    from facerec.people import EmbeddingRecord, current_generation, save_enrollment
 
-    jobs = [(normalise_name(name), path) for name, photos in people.items() for path in photos]
+    jobs = [(name, path) for name, photos in people.items() for path in photos]
     fields = recognizer.embedding_fields()
     enrolled = usable_photos(recognizer, jobs)
 
@@ -132,9 +140,12 @@ def enroll_into_store(recognizer: Any, settings: Settings, people: dict[str, lis
         async with open_data_tier(settings) as data:
             if data.gallery is None:
                 raise click.ClickException("this backend has no gallery store")
+            generations = {name: await current_generation(data.gallery, name) for name in people}
             for name, path, outcome in enrolled:
                 photo_id = keys.new_request_id()
-                record = EmbeddingRecord.from_vector(outcome.vector, person=name, photo_id=photo_id, **fields)
+                record = EmbeddingRecord.from_vector(
+                    outcome.vector, person=name, photo_id=photo_id, generation=generations[name], **fields
+                )
                 await save_enrollment(data.gallery, name, photo_id, path.read_bytes(), path.suffix.lower(), record)
 
     asyncio.run(write())

@@ -41,6 +41,7 @@ _WORKER_ERRORS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.PROCESSING_FAILED: (502, "processing failed"),
     ErrorCode.DEAD_LETTERED: (502, "processing failed repeatedly"),
     ErrorCode.DEADLINE_EXCEEDED: (504, "the request was not processed before its deadline"),
+    ErrorCode.PERSON_DELETED: (409, "the person was deleted while the photo was being enrolled"),
 }
 
 
@@ -83,9 +84,14 @@ class RecognitionGateway:
         _raise_worker_error(request_id, response)
         return Answer(request_id, keys.display_stem(upload.filename), response, time.perf_counter() - started)
 
-    async def enroll_photo(self, person: str, upload: Upload) -> RecognitionResponse:
+    async def enroll_photo(self, person: str, upload: Upload, generation: str | None = None) -> RecognitionResponse:
         """Store a photo in the gallery store and have a worker embed it. The worker's answer: a result naming
-        the person, or an error (e.g. `not_one_face`), in which case the photo is not kept."""
+        the person, or an error (e.g. `not_one_face`). `generation`: the person's current generation
+        (`people.current_generation`), which the worker's record must still match to be kept.
+
+        Whatever this reports as rejected is deleted from the store before it returns: a worker error, a 502
+        or 504, a failed store or send all delete the photo and then any record of it (a worker that writes
+        the record later finds the photo gone and removes its record: see `facerec.people`)."""
         gallery = self._data.gallery
         if gallery is None:
             raise ServiceError(501, "not_supported", "this deployment has no gallery store")
@@ -101,16 +107,19 @@ class RecognitionGateway:
             deadline=now + self._settings.request_deadline_s,
             kind="enroll",
             person=person,
+            generation=generation,
         )
         try:
             await self._store_and_send(gallery, "gallery store", upload, message)
             assert message.deadline is not None
             response = await self._await_answer(request_id, future, None, message.deadline - time.time())
+        except Exception:
+            await _discard(gallery, message)
+            raise
         finally:
             self._pending.discard(request_id)
         if response.error is not None or response.result is None:
-            with contextlib.suppress(Exception):  # a rejected photo is not kept
-                await gallery.delete(message.input_key)
+            await _discard(gallery, message)
         return response
 
     def admit(self) -> None:
@@ -145,6 +154,8 @@ class RecognitionGateway:
         try:
             await store.put(message.input_key, upload.data, upload.content_type)
         except PortError as exc:
+            with contextlib.suppress(Exception):  # a put that failed late may still have stored the object
+                await store.delete(message.input_key)
             raise _unavailable(store_label, exc) from None
         try:
             await self._data.requests.send(message.to_json())
@@ -195,6 +206,15 @@ async def _wait_for_disconnect(receive: Receive) -> None:
     except Exception as exc:
         log.debug("disconnect_watch_unavailable", extra={"error": str(exc)[:200]})
     await asyncio.Event().wait()
+
+
+async def _discard(gallery: BlobStore, message: RecognitionRequest) -> None:
+    """Delete a rejected enrollment's photo and record; a store failure is logged (the photo stays orphaned,
+    and its record, if a worker wrote one, is removed by that worker's own check only if the photo is gone)."""
+    try:
+        await people.discard_enrollment(gallery, message.input_key, message.output_key)
+    except Exception as exc:
+        log.warning("enrollment_discard_failed", extra={"request_id": message.id, "error": str(exc)[:200]})
 
 
 def _unavailable(what: str, exc: PortError) -> ServiceError:

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from facerec import people
+from facerec import people, validation
 from facerec.gallery_file import GalleryFileError, gallery_people
 from facerec.ports import BlobStore, PortError
 from facerec.web.errors import ErrorBody, ServiceError
@@ -113,9 +113,10 @@ def _store(request: Request) -> BlobStore:
 
 
 def _name(name: str) -> str:
+    """The canonical name, or a 422 whose message says which characters are allowed (nothing is stored)."""
     try:
-        return people.normalise_name(name)
-    except people.InvalidPersonName as exc:
+        return validation.person_name(name)
+    except validation.InvalidPersonName as exc:
         raise ServiceError(422, "invalid_name", f"invalid person name: {exc}") from None
 
 
@@ -149,21 +150,28 @@ async def list_people(request: Request) -> PeopleOut:
     description=(
         "Multipart field `photos`, repeated (up to 10 files, together within the upload limit). Each photo must "
         "show exactly one face; the answer lists the photos used and those rejected with the reason. Workers "
-        "recognize the person within a few seconds."
+        "recognize the person within a few seconds. A rejected photo (including one not answered in time) is "
+        "not kept in the gallery store. "
+        f"Names: {validation.ALLOWED_NAME_CHARS}; surrounding spaces are trimmed."
     ),
     responses=_errors(400, 413, 422, 501, 503),
     openapi_extra=multipart_body(PHOTO_FIELD, {"type": "array", "items": {"type": "string", "format": "binary"}}),
 )
 async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
     person = _name(name)
-    _store(request)
+    store = _store(request)
     gateway: RecognitionGateway = request.app.state.gateway
     gateway.admit()
     uploads, refused = await read_photos(
         request, request.app.state.settings.max_upload_bytes, PHOTO_FIELD, max_files=MAX_PHOTOS
     )
+    try:
+        # Read before any photo is stored: a delete after this point supersedes these enrollments.
+        generation = await people.current_generation(store, person) if uploads else None
+    except PortError as exc:
+        raise _unavailable(exc) from None
     outcomes = await asyncio.gather(
-        *(gateway.enroll_photo(person, upload) for upload in uploads), return_exceptions=True
+        *(gateway.enroll_photo(person, upload, generation) for upload in uploads), return_exceptions=True
     )
     used: list[str] = []
     rejected = [RejectedPhoto(filename=r.filename, reason=r.reason) for r in refused]
@@ -185,6 +193,10 @@ async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
     status_code=204,
     response_class=Response,
     summary="Forget a person (photos and embeddings)",
+    description=(
+        "Deletes the person's photos and embeddings. Photos of them still being enrolled when this returns are "
+        "rejected (`the person was deleted while the photo was being enrolled`) and not kept."
+    ),
     responses=_errors(404, 409, 422, 501, 503),
 )
 async def delete_person(name: str, request: Request) -> Response:

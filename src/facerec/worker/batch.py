@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from facerec import people
 from facerec.messages import (
     Box,
     ErrorCode,
@@ -110,9 +111,9 @@ def missing_input_answer(job: Job, worker: str) -> Answer:
     return error_answer(job.message, job.request.id, ErrorCode.INPUT_MISSING, "input object not found", worker, timings)
 
 
-def failed_answer(job: Job, text: str, worker: str) -> Answer:
+def failed_answer(job: Job, text: str, worker: str, code: ErrorCode = ErrorCode.PROCESSING_FAILED) -> Answer:
     timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at))
-    return error_answer(job.message, job.request.id, ErrorCode.PROCESSING_FAILED, text[:120], worker, timings)
+    return error_answer(job.message, job.request.id, code, text[:120], worker, timings)
 
 
 def _error_code(code: str) -> ErrorCode:
@@ -144,6 +145,20 @@ def _result(face: FaceResult) -> RecognitionResult:
     )
 
 
+def enrollment_problem(request: RecognitionRequest) -> str | None:
+    """Defence in depth: an enroll request whose person or keys the web tier could not have made."""
+    try:
+        person = people.normalise_name(request.person or "")
+    except people.InvalidPersonName as exc:
+        return f"invalid person name: {exc.reason}"
+    photos, _ = people.person_prefixes(person)
+    if request.output_key != people.embedding_key(person, request.id) or not request.input_key.startswith(
+        f"{photos}{request.id}"
+    ):
+        return "enroll request keys do not match its person and id"
+    return None
+
+
 def enrollment_answer(
     job: Job, outcome: EnrollOutcome, inference_s: float, worker: str, fields: dict[str, object]
 ) -> Answer:
@@ -151,8 +166,13 @@ def enrollment_answer(
     timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4))
     if isinstance(outcome, ImageRejected):
         return error_answer(job.message, job.request.id, _error_code(outcome.code), outcome.message, worker, timings)
-    person = job.request.person or ""
-    record = EmbeddingRecord.from_vector(outcome.vector, person=person, photo_id=job.request.id, **fields)
+    problem = enrollment_problem(job.request)
+    if problem is not None:
+        return error_answer(job.message, job.request.id, ErrorCode.PROCESSING_FAILED, problem, worker, timings)
+    person = people.normalise_name(job.request.person or "")
+    record = EmbeddingRecord.from_vector(
+        outcome.vector, person=person, photo_id=job.request.id, generation=job.request.generation, **fields
+    )
     box = outcome.box
     result = RecognitionResult(
         name=person, box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]), probability=outcome.probability

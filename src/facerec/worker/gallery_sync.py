@@ -1,7 +1,10 @@
 """Keeps a worker's recognizer in step with the people enrolled in the gallery store.
 
-Every `gallery_refresh_s` it lists the embedding records (one cheap listing), fetches only the new ones,
-and hands the recognizer the current set; people deleted through the API disappear the same way.
+Every `gallery_refresh_s` it lists the embedding records and the generation markers (two cheap listings),
+fetches only the new records, and hands the recognizer the current set; people deleted through the API
+disappear the same way. A record is used only if it belongs to its person's current generation (see
+`facerec.people`): a record written for a person deleted since can never bring them back, even if it
+slipped into the store after the delete. Records under a key whose name is not valid are never used.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from facerec.people import EMBEDDINGS, EmbeddingRecord, parse_embedding_key
+from facerec.people import EMBEDDINGS, EmbeddingRecord, current_generations, parse_embedding_key
 from facerec.ports import BlobNotFound, BlobStore, PortError
 from facerec.recognition.results import Enroller
 
@@ -28,6 +31,9 @@ class GallerySync:
 
     async def refresh(self) -> bool:
         """Bring the recognizer up to date; True if its people changed."""
+        # Generations first: a record listed below and written before a delete is then judged by a generation
+        # at least as new as the one it was written for.
+        generations = await current_generations(self._store)
         keys = {key for key in await self._store.list(EMBEDDINGS) if parse_embedding_key(key)}
         for key in set(self._records) - keys:
             del self._records[key]
@@ -44,16 +50,24 @@ class GallerySync:
                 log.warning("gallery_record_other_model", extra={"key": key, "weights": record.weights})
                 record = None
             self._records[key] = record
-        current = frozenset(keys)
+        usable: dict[str, EmbeddingRecord] = {}
+        for key, record in self._records.items():
+            parsed = parse_embedding_key(key)
+            if record is None or parsed is None or record.generation != generations.get(parsed[0]):
+                continue  # another model's, or of a generation since superseded by a delete
+            usable[key] = record
+        current = frozenset(usable)
         if current == self._applied:
             return False
         people: dict[str, list[list[float]]] = {}
-        for record in self._records.values():
-            if record is not None:
-                people.setdefault(record.person, []).append(record.vector())
+        for key, record in usable.items():
+            parsed = parse_embedding_key(key)
+            assert parsed is not None
+            # Named by the key (what the API lists and deletes), not by the record's own field.
+            people.setdefault(parsed[0], []).append(record.vector())
         self._recognizer.use_enrolled(people)
         self._applied = current
-        log.info("gallery_refreshed", extra={"people": len(people), "records": len(keys)})
+        log.info("gallery_refreshed", extra={"people": len(people), "records": len(usable), "listed": len(keys)})
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

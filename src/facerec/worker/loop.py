@@ -12,9 +12,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeGuard
 
+from facerec import people
+from facerec.messages import ErrorCode
+from facerec.people import EmbeddingRecord
 from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
 from facerec.recognition.results import BatchRecognizer, Enroller, EnrollOutcome, Outcome
 from facerec.settings import Settings
@@ -36,6 +39,11 @@ from facerec.worker.visibility import InHand
 log = logging.getLogger(__name__)
 
 RECEIVE_MAX = 10
+_NOT_KEPT = {
+    people.DEADLINE_EXCEEDED: (ErrorCode.DEADLINE_EXCEEDED, "request expired before its record was written"),
+    people.PERSON_DELETED: (ErrorCode.PERSON_DELETED, "the person was deleted while the photo was being enrolled"),
+    people.PHOTO_DELETED: (ErrorCode.INPUT_MISSING, "the photo was discarded before its record was written"),
+}
 PORT_ERROR_BACKOFF_S = (0.2, 5.0)
 
 
@@ -259,10 +267,35 @@ class Worker:
                 for (job, _), outcome in zip(pairs, outcomes, strict=True)
             ]
         timings["infer_s"] += time.monotonic() - started
-        _accumulate(timings, await self._settle(answers))
-        if self.gallery_sync is not None and any(answer.output is not None for answer in answers):
+        t0 = time.monotonic()
+        answers = list(
+            await asyncio.gather(*(self._commit(job, answer) for (job, _), answer in zip(pairs, answers, strict=True)))
+        )
+        written = sum(1 for answer in answers if answer.output is not None)
+        timings["store_s"] += time.monotonic() - t0
+        # The records are in the store already: settling only sends the responses and deletes the messages.
+        _accumulate(timings, await self._settle([replace(answer, output=None) for answer in answers]))
+        if self.gallery_sync is not None and written:
             with contextlib.suppress(PortError):
                 await self.gallery_sync.refresh()  # this worker knows the new person at once
+
+    async def _commit(self, job: Job, answer: Answer) -> Answer:
+        """Write an enrollment's record if its request is still awaited and its person not deleted since it was
+        sent (`people.commit_enrollment`); otherwise an error answer (the web tier may no longer wait for it)."""
+        if answer.output is None:
+            return answer
+        if self.data.gallery is None:  # pragma: no cover - _enroll refuses to enroll without a gallery store
+            return failed_answer(job, "this worker has no gallery store", self.name)
+        key, body = answer.output
+        record = EmbeddingRecord.model_validate_json(body)
+        refused = await people.commit_enrollment(
+            self.data.gallery, job.request.input_key, key, record, job.request.deadline
+        )
+        if refused is None:
+            return answer
+        log.info("enrollment_not_kept", extra={"worker": self.name, "request_id": job.request.id, "reason": refused})
+        code, text = _NOT_KEPT[refused]
+        return failed_answer(job, text, self.name, code)
 
     async def _process(self, batch: _Batch) -> None:
         if not batch.jobs:

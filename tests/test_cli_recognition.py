@@ -11,9 +11,8 @@ from click.testing import CliRunner
 
 from facerec.cli import main
 from facerec.cli.enroll import person_photos
-from facerec.testing import jpeg_bytes
+from facerec.testing import jpeg_bytes, side_by_side
 from tests.standin_model import install_standin_weights
-from tests.test_recognizer_enroll import side_by_side
 
 # The real model on a busy 2-core machine (CI, or a benchmark beside it) needs more than the default 60 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

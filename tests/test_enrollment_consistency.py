@@ -26,7 +26,7 @@ from facerec.settings import Settings
 from facerec.testing import memory_data_tier
 from facerec.web.app import create_app
 from facerec.worker.gallery_sync import GallerySync
-from tests.test_people import ADA, BOB, ColourModel, WorkerCompanion, photo
+from tests.colour_model import ADA, BOB, ColourModel, WorkerCompanion, photo
 from tests.web.harness import never_answer, running_web
 
 ADA_NAME = "Ada Lovelace"

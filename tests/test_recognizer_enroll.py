@@ -11,17 +11,8 @@ import pytest
 from PIL import Image
 
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
+from facerec.testing import side_by_side
 from tests.standin_model import real_recognizer
-
-
-def side_by_side(first: Path, second: Path) -> bytes:
-    left, right = Image.open(first).convert("RGB"), Image.open(second).convert("RGB")
-    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width, 0))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 @pytest.mark.timeout(180)  # the real model, on a possibly busy machine

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from PIL import Image
@@ -61,6 +62,17 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def side_by_side(first: Path, second: Path) -> bytes:
+    """Two photos pasted side by side into one JPEG (a photo with two faces, from two with one)."""
+    left, right = Image.open(first).convert("RGB"), Image.open(second).convert("RGB")
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from facerec.ports import MessageQueue, MessageTooLarge
-from tests.contract.conftest import QueueKit
+from tests.contract.kits import QueueKit
 
 
 async def test_is_a_message_queue(queue_kit: QueueKit) -> None:

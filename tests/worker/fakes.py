@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from facerec import keys
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
-from facerec.messages import RecognitionRequest, RecognitionResponse, parse_response
+from facerec.messages import MAX_RESPONSE_BYTES, RecognitionRequest, RecognitionResponse, parse_response
 from facerec.ports import DataTier
 from facerec.recognition.results import NO_FACE, FaceResult, ImageInput, ImageRejected, Outcome
 from facerec.settings import Settings
@@ -93,7 +93,7 @@ def memory_tier(visibility_timeout: float = 30.0, max_receives: int = 3) -> Data
         inputs=MemoryBlobStore("in"),
         outputs=MemoryBlobStore("out"),
         requests=MemoryQueue("req", visibility_timeout, max_receives=max_receives, dead_letter=dlq),
-        responses=MemoryQueue("resp"),
+        responses=MemoryQueue("resp", max_message_bytes=MAX_RESPONSE_BYTES),
         dead_letters=dlq,
     )
 

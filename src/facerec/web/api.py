@@ -294,7 +294,7 @@ async def recognize_json(
     ),
     responses=_documented_errors(
         "application/json",
-        {"error": {"code": "no_face", "message": "no face found: no face found in image2"}},
+        {"error": {"code": "no_face", "message": "no face found in image2"}},
         _VERIFICATION_ERRORS,
     ),
     openapi_extra=_VERIFY_BODY,

@@ -44,8 +44,8 @@ _WORKER_ERRORS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.NO_FACE: (422, "no face found"),
     ErrorCode.UNKNOWN_PERSON: (404, "unknown person"),
 }
-# Errors whose worker message is the client's answer (it names the photo or the person).
-_WORKER_WORDS = {ErrorCode.IMAGE_TOO_LARGE, ErrorCode.NO_FACE, ErrorCode.UNKNOWN_PERSON}
+# Errors whose worker message is the client's answer: it names the photo without a face, or the person.
+_WORKER_WORDS = {ErrorCode.NO_FACE, ErrorCode.UNKNOWN_PERSON}
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,9 +275,10 @@ def _unavailable(what: str, exc: PortError) -> ServiceError:
 def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:
     if response.error is not None:
         status, message = _WORKER_ERRORS.get(response.error.code, (502, "processing failed"))
-        if response.error.code in _WORKER_WORDS:
-            # The worker's words carry the details: the image's pixels and the limit, which photo has no face,
-            # which person is not enrolled.
+        if response.error.code == ErrorCode.IMAGE_TOO_LARGE:
+            # The worker's words carry the numbers: the image's pixels, the limit and the setting to change.
             message = f"{message}: {response.error.message}"
+        elif response.error.code in _WORKER_WORDS:
+            message = response.error.message
         log.info("worker_error", extra={"request_id": request_id, "code": str(response.error.code)})
         raise ServiceError(status, str(response.error.code), message)

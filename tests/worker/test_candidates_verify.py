@@ -42,9 +42,8 @@ async def test_top_k_and_every_face_travel_to_the_recognizer_and_back() -> None:
     async with running(worker):
         responses = {r.id: r for r in await collect(data, expected=2)}
 
-    # One batch, asked for per image; a batch that asks for nothing more is called as before (no `wanted`).
-    asked = [wishes for wishes in recognizer.wanted if wishes is not None]
-    assert [Wanted(1, False), Wanted(2, True)] in asked or [Wanted(2, True)] in asked
+    asked = [wish for wishes in recognizer.wanted for wish in wishes or []]
+    assert sorted(asked, key=lambda w: w.top_k) == [Wanted(1, False), Wanted(2, True)]
     first = responses[plain.id].result
     assert first is not None and first.name == "Paul" and first.faces is None
     result = responses[wide.id].result
@@ -121,3 +120,17 @@ async def test_a_recognizer_without_verify_answers_processing_failed() -> None:
     failed = responses[request.id].error
     assert failed is not None and failed.code == ErrorCode.PROCESSING_FAILED and "verification" in failed.message
     assert responses[plain.id].result is not None and responses[plain.id].result.name == "Paul"
+
+
+async def test_a_recognizer_without_wanted_still_answers_recognitions_that_ask_for_more() -> None:
+    class OldRecognizer:
+        def recognize(self, images):  # type: ignore[no-untyped-def]
+            return FakeRecognizer().recognize(images)
+
+    data = memory_tier()
+    request = await submit(data, "a.jpg", photo_of("Ana"), top_k=3, all_faces=True)
+    async with running(Worker(data, OldRecognizer(), make_settings())):
+        (response,) = await collect(data, expected=1)
+    assert response.result is not None and response.result.name == "Ana"
+    assert response.result.candidates is None and response.result.faces is None
+    assert request.top_k == 3

@@ -109,8 +109,8 @@ class BatchRecognizer(Protocol):
     def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
         """One outcome per input, in order; never raises for a bad image.
 
-        A recognizer may also take `wanted` (one `Wanted` per image: candidates, every face); the worker passes
-        it only when a request asks for more than the subject's nearest name, see `recognize_wanted`."""
+        A recognizer may also take `wanted` (one `Wanted` per image: candidates, every face); the worker passes it
+        when `recognize` has that parameter (a recognizer without it answers without candidates and other faces)."""
         ...
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -83,6 +84,7 @@ class Worker:
             data.requests, settings.visibility_timeout_s, self.stats, extend_after=settings.visibility_extend_after
         )
         self._enroller: Enroller | None = recognizer if _can_enroll(recognizer) else None
+        self._takes_wanted = _takes_wanted(recognizer)
         self.gallery_sync = (
             GallerySync(data.gallery, self._enroller, settings.gallery_refresh_s)
             if data.gallery is not None and self._enroller is not None
@@ -238,13 +240,14 @@ class Worker:
 
     async def _recognize(self, images: Sequence[bytes], wishes: Sequence[Wanted]) -> list[Outcome]:
         recognizer = self.recognizer
-        if all(wish == Wanted() for wish in wishes):
-            outcomes = await self._infer(lambda: recognizer.recognize(images))
-        else:
-            # Only then: a recognizer written before candidates and every face (a BatchRecognizer without
-            # `wanted`) keeps serving the requests that ask for neither.
-            call = getattr(recognizer, "recognize")  # noqa: B009 - the protocol's signature lacks `wanted`
+        if self._takes_wanted:
+            call: Callable[[Sequence[bytes], Sequence[Wanted]], list[Outcome]] = getattr(  # noqa: B009
+                recognizer, "recognize"
+            )  # the protocol's signature lacks `wanted`
             outcomes = await self._infer(lambda: call(images, wishes))
+        else:
+            # A recognizer written before candidates and every face: its answers simply lack them.
+            outcomes = await self._infer(lambda: recognizer.recognize(images))
         if len(outcomes) != len(images):
             raise RuntimeError(f"recognizer returned {len(outcomes)} outcomes for {len(images)} images")
         return outcomes
@@ -407,6 +410,14 @@ class Worker:
 def _can_enroll(recognizer: BatchRecognizer) -> TypeGuard[Enroller]:
     """A recognizer that can enroll too: it has all of Enroller's methods."""
     return all(hasattr(recognizer, name) for name in ("enroll", "embedding_fields", "use_enrolled"))
+
+
+def _takes_wanted(recognizer: BatchRecognizer) -> bool:
+    """Whether `recognize` accepts `wanted` (candidates, every face): see BatchRecognizer."""
+    try:
+        return "wanted" in inspect.signature(recognizer.recognize).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin or an odd callable)
+        return False
 
 
 def _can_verify(recognizer: BatchRecognizer) -> TypeGuard[Verifier]:

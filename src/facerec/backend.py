@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TypedDict
 
+from facerec.messages import MAX_RESPONSE_BYTES
 from facerec.ports import DataTier, PortError
 from facerec.settings import Settings
 
@@ -59,7 +60,13 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             inputs=inputs,
             outputs=outputs,
             requests=requests,
-            responses=SqliteQueue(database, settings.resp_queue, **common),
+            # Responses may list every face with its candidates: larger than the course's request limit.
+            responses=SqliteQueue(
+                database,
+                settings.resp_queue,
+                visibility_timeout=settings.visibility_timeout_s,
+                max_message_bytes=max(MAX_RESPONSE_BYTES, settings.message_max_bytes),
+            ),
             dead_letters=SqliteQueue(database, settings.dlq, **common),
             gallery=gallery,
         )

@@ -48,9 +48,11 @@ def safe_suffix(filename: str | None) -> str:
     return suffix if suffix in ALLOWED_SUFFIXES else ""
 
 
-def input_key(filename: str | None, request_id: str) -> str:
-    """`<stem>-<id12><ext>`: the course's layout (stem first), unique per request."""
-    return f"{key_stem(filename)}-{request_id[:12]}{safe_suffix(filename)}"
+def input_key(filename: str | None, request_id: str, part: int = 1) -> str:
+    """`<stem>-<id12><ext>`: the course's layout (stem first), unique per request; a request's second photo
+    (`part` 2, a verification's) is `<stem>-<id12>-2<ext>`."""
+    suffix = "" if part == 1 else f"-{part}"
+    return f"{key_stem(filename)}-{request_id[:12]}{suffix}{safe_suffix(filename)}"
 
 
 def output_key(filename: str | None, request_id: str) -> str:

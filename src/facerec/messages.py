@@ -7,11 +7,16 @@ messages, and free-text fields are bounded in UTF-8 bytes.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 MAX_MESSAGE_BYTES = 1024
+MAX_RESPONSE_BYTES = 64 * 1024
+"""Responses carry every face (up to 10) with up to 10 candidates each: the response queue is not the course's
+1024-byte request queue (SQS allows 256 KiB; the local and in-memory response queues are made this large)."""
+MAX_TOP_K = 10
+"""Most candidates a recognition may ask for per face."""
 SCHEMA_VERSION: Final = 1
 _TEXT_MAX_BYTES = 120
 
@@ -29,11 +34,12 @@ class InvalidMessage(ValueError):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+    max_bytes: ClassVar[int] = MAX_MESSAGE_BYTES
 
     def to_json(self) -> str:
         body = self.model_dump_json(exclude_none=True)
-        if len(body.encode("utf-8")) > MAX_MESSAGE_BYTES:  # pragma: no cover - bounded by the field limits
-            raise ValueError(f"message of {len(body.encode())} bytes exceeds {MAX_MESSAGE_BYTES}")
+        if len(body.encode("utf-8")) > self.max_bytes:  # pragma: no cover - bounded by the field limits
+            raise ValueError(f"message of {len(body.encode())} bytes exceeds {self.max_bytes}")
         return body
 
 
@@ -45,12 +51,22 @@ class RecognitionRequest(_Message):
     filename: ClippedText = Field("", description="The client's filename, clipped to 120 UTF-8 bytes.")
     enqueued_at: float = Field(description="Unix time the web tier sent the request.")
     deadline: float | None = Field(None, description="Unix time after which nobody waits for the answer.")
-    kind: Literal["recognize", "enroll"] = Field(
+    kind: Literal["recognize", "enroll", "verify"] = Field(
         "recognize",
         description="`enroll`: embed the photo at `input_key` in the gallery store and write the embedding record "
-        "to `output_key` there, for `person`.",
+        "to `output_key` there, for `person`. `verify`: compare the subject face of the photo at `input_key` with "
+        "the one at `input_key2`, or with the enrolled `person` (nothing is written to `output_key`).",
     )
-    person: ClippedText | None = Field(None, description="Who is being enrolled (kind `enroll` only).")
+    person: ClippedText | None = Field(
+        None, description="Who is being enrolled (kind `enroll`), or the enrolled person to verify against (`verify`)."
+    )
+    input_key2: str | None = Field(None, max_length=100, description="The second photo (kind `verify` only).")
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Candidates to report per face (kind `recognize`; default 1)."
+    )
+    all_faces: bool | None = Field(
+        None, description="Report every face, not only the subject's (kind `recognize`; default false)."
+    )
     generation: str | None = Field(
         None,
         pattern=r"^[0-9]{20}$",
@@ -70,6 +86,10 @@ class ErrorCode(StrEnum):
     """Enrollment needs exactly one face in the photo."""
     PERSON_DELETED = "person_deleted"
     """The person was deleted while the photo was being enrolled: no record was kept."""
+    NO_FACE = "no_face"
+    """Verification found no face in one of the photos (the message names which)."""
+    UNKNOWN_PERSON = "unknown_person"
+    """Verification against a person nobody enrolled."""
 
 
 class Box(BaseModel):
@@ -80,6 +100,26 @@ class Box(BaseModel):
     y2: float
 
 
+class Candidate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: ClippedText = Field(description="An enrolled person.")
+    distance: float = Field(description="L2 distance from the face to this person's mean embedding.")
+
+
+class FaceRecord(BaseModel):
+    """One face of a photo, as recognition reports every face."""
+
+    model_config = ConfigDict(frozen=True)
+    box: Box = Field(description="Face box in the original image's pixels.")
+    probability: float = Field(description="Face detection probability.")
+    name: ClippedText = Field(description="Nearest person, or `Unknown` when even the nearest is too far.")
+    distance: float | None = Field(None, description="L2 distance to the nearest person (None: empty gallery).")
+    unknown: bool = False
+    candidates: list[Candidate] = Field(
+        default_factory=list, description="The nearest people, nearest first, one entry per person."
+    )
+
+
 class RecognitionResult(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: ClippedText = Field(description="Nearest gallery identity, `Unknown`, or `NoFace`.")
@@ -88,6 +128,23 @@ class RecognitionResult(BaseModel):
     probability: float | None = Field(None, description="Face detection probability.")
     no_face: bool = False
     unknown: bool = False
+    candidates: list[Candidate] | None = Field(None, description="The subject face's nearest people (`top_k`).")
+    faces: list[FaceRecord] | None = Field(None, description="Every face, largest first (`all_faces` requests).")
+
+
+class VerifiedFace(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    image: Literal["image1", "image2"] = Field(description="Which photo this face is the subject of.")
+    box: Box
+    probability: float
+
+
+class VerificationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    same: bool = Field(description="Whether the distance is within the threshold: the same person.")
+    distance: float = Field(description="L2 distance between the two faces, or the face and the person's mean.")
+    threshold: float = Field(description="The distance beyond which the faces are judged different people.")
+    faces: list[VerifiedFace]
 
 
 class ResponseError(BaseModel):
@@ -103,9 +160,11 @@ class Timings(BaseModel):
 
 
 class RecognitionResponse(_Message):
+    max_bytes: ClassVar[int] = MAX_RESPONSE_BYTES
     v: Literal[1] = SCHEMA_VERSION
     id: str = Field(pattern=r"^[0-9a-f]{32}$")
     result: RecognitionResult | None = None
+    verification: VerificationResult | None = Field(None, description="The answer to a `verify` request.")
     error: ResponseError | None = None
     timings: Timings | None = None
     worker: Annotated[str, AfterValidator(lambda s: _clip_utf8(s, 64))] | None = None

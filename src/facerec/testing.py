@@ -23,15 +23,19 @@ from PIL import Image
 from facerec import people
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
 from facerec.messages import (
+    MAX_RESPONSE_BYTES,
+    Box,
     ErrorCode,
     RecognitionRequest,
     RecognitionResponse,
     RecognitionResult,
     ResponseError,
     Timings,
+    VerificationResult,
+    VerifiedFace,
     parse_request,
 )
-from facerec.people import EmbeddingRecord
+from facerec.people import EmbeddingRecord, InvalidPersonName, person_prefixes
 from facerec.ports import DataTier
 from facerec.settings import Settings
 
@@ -112,7 +116,7 @@ async def memory_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             max_receives=settings.max_receives,
             dead_letter=dead_letters,
         ),
-        responses=MemoryQueue(settings.resp_queue),
+        responses=MemoryQueue(settings.resp_queue, max_message_bytes=MAX_RESPONSE_BYTES),
         dead_letters=dead_letters,
         gallery=MemoryBlobStore(settings.gallery_bucket),
     )
@@ -130,6 +134,10 @@ def answer_by_digest(request: RecognitionRequest, data: bytes) -> RecognitionRes
         timings=Timings(queue_wait_s=max(0.0, time.time() - request.enqueued_at), inference_s=0.0),
         worker="instant",
     )
+
+
+FAKE_VERIFICATION_THRESHOLD = 1.1
+"""The fake worker's verification threshold: `same` answers distance 0.4, different people 1.3."""
 
 
 class InstantWorker:
@@ -171,6 +179,8 @@ class InstantWorker:
                 request = parse_request(message.body)
                 if request.kind == "enroll":
                     response = await self._enroll(request)
+                elif request.kind == "verify":
+                    response = await self._verify(request)
                 else:
                     response = self._answer(request, await self._data.inputs.get(request.input_key))
                     if response is not None and response.result is not None:
@@ -183,6 +193,49 @@ class InstantWorker:
                 await self._data.responses.send_batch(replies)
                 await self._data.requests.delete_batch(done)
                 self.handled += len(done)
+
+    async def _verify(self, request: RecognitionRequest) -> RecognitionResponse | None:
+        """Verification with the answerer's results standing for the faces: the same name is the same person;
+        a person counts as enrolled when the gallery store holds an embedding record for them."""
+
+        def error(code: ErrorCode, message: str) -> RecognitionResponse:
+            return RecognitionResponse(id=request.id, error=ResponseError(code=code, message=message), worker="instant")
+
+        sides = [("image1", request.input_key)] + ([("image2", request.input_key2)] if request.input_key2 else [])
+        results: list[tuple[str, RecognitionResult]] = []
+        for label, key in sides:
+            response = self._answer(request, await self._data.inputs.get(key))
+            if response is None or response.result is None:
+                return response
+            if response.result.no_face:
+                return error(ErrorCode.NO_FACE, f"no face found in {label}")
+            results.append((label, response.result))
+        if len(results) == 2:
+            same = results[0][1].name == results[1][1].name
+        else:
+            person = request.person or ""
+            try:
+                enrolled = self._data.gallery is not None and bool(
+                    await self._data.gallery.list(person_prefixes(person)[1])
+                )
+            except InvalidPersonName:
+                enrolled = False
+            if not enrolled:
+                return error(ErrorCode.UNKNOWN_PERSON, f"{person!r} is not enrolled")
+            same = results[0][1].name == person
+        faces = [
+            VerifiedFace(
+                image="image2" if label == "image2" else "image1",
+                box=result.box or Box(x1=0, y1=0, x2=1, y2=1),
+                probability=result.probability if result.probability is not None else 1.0,
+            )
+            for label, result in results
+        ]
+        verification = VerificationResult(
+            same=same, distance=0.4 if same else 1.3, threshold=FAKE_VERIFICATION_THRESHOLD, faces=faces
+        )
+        timings = Timings(queue_wait_s=max(0.0, time.time() - request.enqueued_at), inference_s=0.0)
+        return RecognitionResponse(id=request.id, verification=verification, timings=timings, worker="instant")
 
     async def _enroll(self, request: RecognitionRequest) -> RecognitionResponse | None:
         """Enrollment as the real worker does it, with the answerer's result standing for the detected face."""

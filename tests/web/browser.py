@@ -40,11 +40,15 @@ def require_browser() -> None:
 
 
 class ScriptedWorker:
-    """The fake worker's answers: a result registered per image (by content), `NoFace` for anything else."""
+    """The fake worker's answers: a result registered per image (by content), `NoFace` for anything else.
+
+    Verifications (`InstantWorker` asks once per photo): photos registered under the same name are the same person,
+    a photo answered `NoFace` has no face. `requests` records what the page sent (kind, top_k, ...)."""
 
     def __init__(self) -> None:
         self._results: dict[str, RecognitionResult] = {}
         self._lock = threading.Lock()  # registered from the test thread, read from the server's thread
+        self.requests: list[RecognitionRequest] = []
 
     def register(self, image: bytes, result: RecognitionResult) -> None:
         with self._lock:
@@ -53,6 +57,7 @@ class ScriptedWorker:
     def __call__(self, request: RecognitionRequest, data: bytes) -> RecognitionResponse:
         with self._lock:
             result = self._results.get(hashlib.sha256(data).hexdigest())
+            self.requests.append(request)
         return RecognitionResponse(
             id=request.id,
             result=result or RecognitionResult(name="NoFace", no_face=True),

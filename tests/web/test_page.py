@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from facerec.messages import Box, RecognitionResult
+from facerec.messages import Box, Candidate, FaceRecord, RecognitionResult
 from facerec.testing import jpeg_bytes
 from facerec.web.page import POINTER
 from tests.paths import REPO_ROOT
@@ -176,6 +176,98 @@ def test_recognition_shows_name_distance_time_and_box_at_any_width(
     assert problems.messages == []
 
 
+def test_recognition_lists_candidates_and_boxes_every_face(
+    site: Site, browser_page: tuple[Any, PageProblems], face: tuple[str, bytes]
+) -> None:
+    page, problems = browser_page
+    open_page(page, site)
+    _, photo = face
+    group = photo + b"\0"  # the same picture with another digest: scripted as a photo of two people
+    bystander = Box(x1=10.0, y1=10.0, x2=60.0, y2=70.0)
+    candidates = [Candidate(name="Abdullah_Gul", distance=0.6123), Candidate(name="Hans_Blix", distance=1.2)]
+    faces = [
+        FaceRecord(box=FACE_BOX, probability=1, name="Abdullah_Gul", distance=0.6123, candidates=candidates),
+        FaceRecord(
+            box=bystander,
+            probability=0.9,
+            name="Unknown",
+            distance=1.35,
+            unknown=True,
+            candidates=[Candidate(name="Hans_Blix", distance=1.35)],
+        ),
+    ]
+    site.worker.register(
+        group,
+        RecognitionResult(
+            name="Abdullah_Gul", distance=0.6123, box=FACE_BOX, probability=1, candidates=candidates, faces=faces
+        ),
+    )
+    recognize(page, "group.jpg", group)
+
+    expect_text(page, "#recognize-status", r"^Recognized: Abdullah_Gul\.$")
+    assert page.locator("#result-candidates li").all_inner_texts() == ["Abdullah_Gul: 0.612", "Hans_Blix: 1.200"]
+    expect_text(page, "#result-faces", r"Unknown \(1\.350\)")
+    assert page.locator("#result-faces li").count() == 2
+    assert "(the main face)" in page.locator("#result-faces li").first.inner_text()
+    natural = Image.open(io.BytesIO(photo)).size
+    assert_box_drawn(page, FACE_BOX, natural)
+    others = page.locator("#other-faces .face-box")
+    assert others.count() == 1
+    shown = page.locator("#recognize-photo").bounding_box()
+    drawn = others.first.bounding_box()
+    assert drawn["x"] == pytest.approx(shown["x"] + bystander.x1 * shown["width"] / natural[0], abs=1.5)
+    assert drawn["width"] == pytest.approx((bystander.x2 - bystander.x1) * shown["width"] / natural[0], abs=1.5)
+    assert [r.top_k for r in site.worker.requests if r.input_key.startswith("group")][-1] == 3
+
+    # A photo of one face: no list of faces, no extra boxes.
+    from playwright.sync_api import expect
+
+    recognize(page, *face)
+    expect(page.locator("#faces-block")).to_be_hidden()
+    expect(page.locator("#candidates-block")).to_be_hidden()  # the scripted answer lists no candidates
+    assert page.locator("#other-faces .face-box").count() == 0
+    assert problems.messages == []
+
+
+def compare(page: Any, first: tuple[str, bytes], second: tuple[str, bytes]) -> None:
+    page.set_input_files("#compare-file1", files=[{"name": first[0], "mimeType": "image/jpeg", "buffer": first[1]}])
+    page.set_input_files("#compare-file2", files=[{"name": second[0], "mimeType": "image/jpeg", "buffer": second[1]}])
+    page.get_by_role("button", name="Compare").click()
+
+
+def test_compare_two_photos_says_same_or_different_with_distance_and_threshold(
+    site: Site, browser_page: tuple[Any, PageProblems], face: tuple[str, bytes]
+) -> None:
+    page, problems = browser_page
+    open_page(page, site)
+    name, photo = face
+    again = photo + b"\0"  # another photo of the same person, for the scripted worker
+    site.worker.register(again, RecognitionResult(name="Abdullah_Gul", distance=0.7, box=FACE_BOX, probability=1))
+    other = jpeg_bytes((150, 120, 100), (200, 100))
+    site.worker.register(other, RecognitionResult(name="Hans_Blix", distance=0.5, box=FACE_BOX, probability=1))
+
+    page.get_by_role("button", name="Compare").click()
+    expect_text(page, "#compare-status", r"^Please choose two photos to compare\.$")
+
+    compare(page, (name, photo), ("again.jpg", again))
+    expect_text(page, "#compare-status", r"^Same person\.$")
+    expect_text(page, "#compare-verdict", r"^Same person$")
+    expect_text(page, "#compare-distance", r"^0\.400$")
+    expect_text(page, "#compare-threshold", r"^1\.100$")
+    assert site.worker.requests[-1].kind == "verify"
+
+    compare(page, (name, photo), ("other.jpg", other))
+    expect_text(page, "#compare-verdict", r"^Different people$")
+    expect_text(page, "#compare-distance", r"^1\.300$")
+
+    compare(page, (name, photo), ("wall.jpg", jpeg_bytes((40, 160, 90), (120, 90))))
+    expect_text(page, "#compare-status", r"^No face found in the second photo\.$")
+    assert page.locator("#compare-result").is_hidden()
+    compare(page, ("wall.jpg", jpeg_bytes((40, 160, 90), (120, 90))), (name, photo))
+    expect_text(page, "#compare-status", r"^No face found in the first photo\.$")
+    assert problems.messages == []
+
+
 def failing_with(status: int, headers: dict[str, str]) -> Callable[[Any], None]:
     def answer(route: Any) -> None:
         route.fulfill(status=status, headers=headers, json={"error": {"code": "test", "message": "from the test"}})
@@ -216,10 +308,10 @@ def test_failures_are_explained_in_plain_words(site: Site, browser_page: tuple[A
         (504, {}, r"^That took too long\. Please try again\.$"),
         (502, {}, r"^The service could not process that photo"),
     ]:
-        page.route(f"{site.base_url}/v1/recognitions", failing_with(status, headers))
+        page.route(f"{site.base_url}/v1/recognitions?*", failing_with(status, headers))
         recognize(page, f"photo_{status}.jpg", jpeg_bytes())
         expect_text(page, "#recognize-status", words)
-        page.unroute(f"{site.base_url}/v1/recognitions")
+        page.unroute(f"{site.base_url}/v1/recognitions?*")
     assert problems.messages == []
 
 
@@ -268,7 +360,7 @@ def test_page_is_usable_with_a_keyboard_and_a_screen_reader(site: Site, browser_
     )
     live = page.evaluate("Array.from(document.querySelectorAll('[aria-live=polite]')).map((e) => e.id)")
     assert unlabelled == [] and nameless == 0
-    assert {"recognize-status", "enroll-status", "people-status"} <= set(live)
+    assert {"recognize-status", "enroll-status", "people-status", "compare-status"} <= set(live)
 
     # Tab order follows the page: the photo chooser first, then the enrollment form.
     focus_order = []

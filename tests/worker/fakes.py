@@ -7,15 +7,28 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from facerec import keys
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
-from facerec.messages import RecognitionRequest, RecognitionResponse, parse_response
+from facerec.messages import MAX_RESPONSE_BYTES, RecognitionRequest, RecognitionResponse, parse_response
 from facerec.ports import DataTier
-from facerec.recognition.results import NO_FACE, FaceResult, ImageInput, ImageRejected, Outcome
+from facerec.recognition.results import (
+    NO_FACE,
+    Candidate,
+    FaceResult,
+    ImageInput,
+    ImageRejected,
+    Outcome,
+    Verification,
+    VerifiedFace,
+    VerifyInput,
+    VerifyOutcome,
+    Wanted,
+)
 from facerec.settings import Settings
 from facerec.testing import jpeg_bytes
 
@@ -44,8 +57,13 @@ class FakeRecognizer:
         self.threads: set[str] = set()
         self.started = threading.Event()
         """Set when the first batch arrives."""
+        self.wanted: list[list[Wanted] | None] = []
+        """What each recognize() call was asked for (None: called without `wanted`)."""
+        self.verified: list[int] = []
+        """The size of each verify() call."""
 
-    def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
+    def recognize(self, images: Sequence[ImageInput], wanted: Sequence[Wanted] | None = None) -> list[Outcome]:
+        self.wanted.append(list(wanted) if wanted is not None else None)
         self.batches.append(len(images))
         self.threads.add(threading.current_thread().name)
         self.started.set()
@@ -56,7 +74,50 @@ class FakeRecognizer:
         if any(image == POISON for image in images):
             raise RuntimeError("poisoned batch")
         time.sleep(self.delay_s * len(images))
-        return [self._one(image) for image in images]
+        outcomes = [self._one(image) for image in images]
+        for index, wish in enumerate(wanted or []):
+            outcome = outcomes[index]
+            if isinstance(outcome, FaceResult) and not outcome.no_face:
+                outcomes[index] = self._more(outcome, wish)
+        return outcomes
+
+    def _more(self, subject: FaceResult, wish: Wanted) -> FaceResult:
+        """Candidates: every person by colour distance; every face: a small bystander (always `Bo`) too."""
+        subject = replace(subject, candidates=_candidates(subject.name, wish.top_k))
+        if not wish.all_faces:
+            return subject
+        bystander = FaceResult("Bo", 0.2, BYSTANDER_BOX, 0.9, candidates=_candidates("Bo", wish.top_k))
+        return replace(subject, faces=(subject, bystander))
+
+    def verify(self, requests: Sequence[VerifyInput]) -> list[VerifyOutcome]:
+        """Same colour, or the colour of the person: the same person."""
+        self.verified.append(len(requests))
+        outcomes: list[VerifyOutcome] = []
+        for request in requests:
+            sides = [("image1", self._one(request.image1))]
+            if request.image2 is not None:
+                sides.append(("image2", self._one(request.image2)))
+            rejected = next(
+                (
+                    ImageRejected(o.code, f"{label}: {o.message}")
+                    if isinstance(o, ImageRejected)
+                    else ImageRejected("no_face", f"no face found in {label}")
+                    for label, o in sides
+                    if isinstance(o, ImageRejected) or o.no_face
+                ),
+                None,
+            )
+            if rejected is not None:
+                outcomes.append(rejected)
+                continue
+            if request.image2 is None and request.person not in PEOPLE:
+                outcomes.append(ImageRejected("unknown_person", f"{request.person!r} is not enrolled"))
+                continue
+            other = sides[1][1].name if request.image2 is not None else request.person  # type: ignore[union-attr]
+            same = sides[0][1].name == other  # type: ignore[union-attr]
+            faces = tuple(VerifiedFace(label, (1.0, 2.0, 30.0, 40.0), 0.99) for label, _ in sides)
+            outcomes.append(Verification(same, 0.3 if same else 1.4, FAKE_THRESHOLD, faces))
+        return outcomes
 
     def _one(self, image: ImageInput) -> Outcome:
         if isinstance(image, bytes):
@@ -78,6 +139,16 @@ class FakeRecognizer:
         return FaceResult(name, distance / 255, (1.0, 2.0, 30.0, 40.0), 0.99)
 
 
+FAKE_THRESHOLD = 1.0
+BYSTANDER_BOX = (40.0, 5.0, 50.0, 15.0)
+
+
+def _candidates(name: str, top_k: int) -> tuple[Candidate, ...]:
+    """Every person, the named one first (distance 0.2), the others further, as many as asked for."""
+    order = [name, *sorted(person for person in PEOPLE if person != name)]
+    return tuple(Candidate(person, 0.2 + index) for index, person in enumerate(order[:top_k]))
+
+
 def process_recognizer(settings: Settings) -> FakeRecognizer:
     """For `facerec worker --recognizer-factory`: delay per image and a marker file from the environment."""
     marker = os.environ.get("FAKE_RECOGNIZER_BATCH_FILE")
@@ -93,26 +164,40 @@ def memory_tier(visibility_timeout: float = 30.0, max_receives: int = 3) -> Data
         inputs=MemoryBlobStore("in"),
         outputs=MemoryBlobStore("out"),
         requests=MemoryQueue("req", visibility_timeout, max_receives=max_receives, dead_letter=dlq),
-        responses=MemoryQueue("resp"),
+        responses=MemoryQueue("resp", max_message_bytes=MAX_RESPONSE_BYTES),
         dead_letters=dlq,
     )
 
 
 async def submit(
-    data: DataTier, filename: str, image: bytes | None, deadline: float | None = None
+    data: DataTier,
+    filename: str,
+    image: bytes | None,
+    deadline: float | None = None,
+    *,
+    second: bytes | None = None,
+    **fields: object,
 ) -> RecognitionRequest:
-    """What the web tier does: store the input (unless None: a missing input) and send the request."""
+    """What the web tier does: store the input (unless None: a missing input) and send the request. `fields`:
+    more request fields (`kind`, `top_k`, `all_faces`, `person`); `second`: a verification's second photo."""
     request_id = keys.new_request_id()
-    request = RecognitionRequest(
-        id=request_id,
-        input_key=keys.input_key(filename, request_id),
-        output_key=keys.output_key(filename, request_id),
-        filename=filename,
-        enqueued_at=time.time(),
-        deadline=deadline,
+    request = RecognitionRequest.model_validate(
+        {
+            "id": request_id,
+            "input_key": keys.input_key(filename, request_id),
+            "output_key": keys.output_key(filename, request_id),
+            "filename": filename,
+            "enqueued_at": time.time(),
+            "deadline": deadline,
+            "input_key2": None if second is None else keys.input_key(filename, request_id, part=2),
+            **fields,
+        }
     )
     if image is not None:
         await data.inputs.put(request.input_key, image)
+    if second is not None:
+        assert request.input_key2 is not None
+        await data.inputs.put(request.input_key2, second)
     await data.requests.send(request.to_json())
     return request
 

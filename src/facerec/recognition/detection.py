@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # 1.27 GB at 4 Mpx per call, 1.02 GB at 0.5 Mpx; batching large images barely speeds MTCNN up anyway).
 MAX_PIXELS_PER_CALL = 500_000
 
+MAX_FACES_PER_IMAGE = 10
+"""Most faces reported for one photo (the subject and the largest others): bounds the embedding work and the
+response a crowd photo can cause."""
+
 
 @dataclass(frozen=True, slots=True)
 class DetectedFace:
@@ -33,6 +37,8 @@ class DetectedFace:
     probability: float
     faces: int = 1
     """How many faces the detector found in the image (this is the subject among them)."""
+    others: tuple[DetectedFace, ...] = ()
+    """The other faces, largest first, at most MAX_FACES_PER_IMAGE - 1 (only when every face was asked for)."""
 
 
 def pick_subject(boxes: np.ndarray, width: int, height: int) -> int:
@@ -59,8 +65,11 @@ class FaceDetector:
             device="cpu",
         ).eval()
 
-    def detect(self, images: Sequence[Image.Image]) -> list[DetectedFace | None]:
-        """One face (or None) per RGB image, in order. Same-size images are detected in one MTCNN call."""
+    def detect(
+        self, images: Sequence[Image.Image], every_face: Sequence[bool] | None = None
+    ) -> list[DetectedFace | None]:
+        """The subject face (or None) per RGB image, in order, with the other faces of the images whose
+        `every_face` is true. Same-size images are detected in one MTCNN call."""
         scaled = [self._detection_copy(image) for image in images]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (copy, _) in enumerate(scaled):
@@ -83,7 +92,8 @@ class FaceDetector:
                         self._mtcnn.device,
                     )
                 for index, boxes in zip(chunk, batch_boxes, strict=True):
-                    found[index] = self._crop(images[index], np.asarray(boxes), scaled[index][1], width, height)
+                    every = every_face is not None and every_face[index]
+                    found[index] = self._faces(images[index], np.asarray(boxes), scaled[index][1], width, height, every)
         return found
 
     def _detection_copy(self, image: Image.Image) -> tuple[Image.Image, float]:
@@ -95,17 +105,28 @@ class FaceDetector:
         size = (max(1, round(image.width / factor)), max(1, round(image.height / factor)))
         return image.resize(size, Image.Resampling.BILINEAR), factor
 
-    def _crop(
-        self, image: Image.Image, boxes: np.ndarray, factor: float, width: int, height: int
+    def _faces(
+        self, image: Image.Image, boxes: np.ndarray, factor: float, width: int, height: int, every: bool
     ) -> DetectedFace | None:
         if boxes.size == 0:
             return None
-        chosen = boxes[pick_subject(boxes[:, :4], width, height)]
+        subject = pick_subject(boxes[:, :4], width, height)
+        others: tuple[DetectedFace, ...] = ()
+        if every:
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            largest = [int(i) for i in np.argsort(-areas, kind="stable") if int(i) != subject]
+            others = tuple(self._crop(image, boxes[i], factor, len(boxes)) for i in largest[: MAX_FACES_PER_IMAGE - 1])
+        return self._crop(image, boxes[subject], factor, len(boxes), others)
+
+    def _crop(
+        self, image: Image.Image, chosen: np.ndarray, factor: float, faces: int, others: tuple[DetectedFace, ...] = ()
+    ) -> DetectedFace:
         box = chosen[:4] * factor
         face = extract_face(image, box, self.crop_size, self.margin)
         return DetectedFace(
             crop=fixed_image_standardization(face),
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
             probability=float(chosen[4]),
-            faces=len(boxes),
+            faces=faces,
+            others=others,
         )

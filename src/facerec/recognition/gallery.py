@@ -109,18 +109,52 @@ class Gallery:
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of and L2 distance to the nearest entry for each [512] query row. Needs a non-empty gallery."""
+        squared = self._squared_distances(queries)
+        indices = squared.argmin(axis=1)
+        distances = np.sqrt(np.maximum(squared[np.arange(len(squared)), indices], 0.0))
+        return indices, distances
+
+    def candidates(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """For each [512] query row, the `k` nearest people with their distances, nearest first.
+
+        One entry per name: a gallery normally holds one mean embedding per person, but the start-up gallery
+        plus people enrolled through the API (or a course data.pt) can hold a name twice; its nearest entry
+        stands for it. Ties keep gallery order, as `nearest` does, so the first candidate is `nearest`'s."""
+        squared = self._squared_distances(queries)
+        found: list[list[tuple[str, float]]] = []
+        for row in squared:
+            seen: set[str] = set()
+            people: list[tuple[str, float]] = []
+            for index in np.argsort(row, kind="stable"):
+                name = self.names[int(index)]
+                if name in seen:
+                    continue
+                seen.add(name)
+                people.append((name, float(np.sqrt(max(float(row[index]), 0.0)))))
+                if len(people) == k:
+                    break
+            found.append(people)
+        return found
+
+    def person_embedding(self, name: str) -> np.ndarray | None:
+        """The unit mean of `name`'s entries ([512]), or None when the gallery does not know them."""
+        rows = [index for index, known in enumerate(self.names) if known == name]
+        if not rows:
+            return None
+        mean: np.ndarray = unit(self.embeddings[rows].mean(axis=0))
+        return mean
+
+    def _squared_distances(self, queries: np.ndarray) -> np.ndarray:
         # |q - g|^2 = |q|^2 + |g|^2 - 2 q.g avoids materialising [Q, N, 512] differences; float64 keeps the
         # cancellation error near distance 0 far below the 1e-4 that batched and single results may differ by.
         queries = np.asarray(queries, dtype=np.float64)
         references = self.embeddings.astype(np.float64)
-        squared = (
+        squared: np.ndarray = (
             (queries**2).sum(axis=1, keepdims=True)
             + (references**2).sum(axis=1)[None, :]
             - 2.0 * queries @ references.T
         )
-        indices = squared.argmin(axis=1)
-        distances = np.sqrt(np.maximum(squared[np.arange(len(queries)), indices], 0.0))
-        return indices, distances
+        return squared
 
     def save(self, path: str | Path) -> None:
         """Atomic write of our format (write a temporary file, then rename)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -15,15 +16,24 @@ from facerec.recognition.gallery import NORMALISATION, Gallery, GalleryMeta, uni
 from facerec.recognition.images import ImageDecodeError, decode_image
 from facerec.recognition.results import (
     NO_FACE,
+    NO_FACE_CODE,
     NOT_ONE_FACE,
     UNKNOWN,
+    UNKNOWN_PERSON,
+    Candidate,
     Enrollment,
     EnrollOutcome,
     FaceResult,
     ImageInput,
     ImageRejected,
     Outcome,
+    Verification,
+    VerifiedFace,
+    VerifyInput,
+    VerifyOutcome,
+    Wanted,
 )
+from facerec.recognition.thresholds import recognition_threshold, verification_threshold
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,55 +155,150 @@ class Recognizer:
             [*base.names, *enrolled.names], np.concatenate([base.embeddings, enrolled.embeddings]), base.meta
         )
 
-    def recognize(self, images: Sequence[ImageInput]) -> list[Outcome]:
-        """One outcome per image, in order; never raises for a bad image."""
+    def recognize(self, images: Sequence[ImageInput], wanted: Sequence[Wanted] | None = None) -> list[Outcome]:
+        """One outcome per image, in order; never raises for a bad image. `wanted` (one per image): how many
+        candidates per face, and whether to report every face (by default: the subject's nearest person)."""
         started = time.perf_counter()
-        faces, outcomes = self._detect(images)
+        wanted = list(wanted) if wanted is not None else [Wanted()] * len(images)
+        if len(wanted) != len(images):
+            raise ValueError(f"{len(wanted)} wishes for {len(images)} images")
+        faces, outcomes = self._detect(images, [w.all_faces for w in wanted])
         detected = time.perf_counter()
         found = [(index, face) for index, face in enumerate(faces) if face is not None]
+        # Every crop of the batch (subjects, then the other faces asked for) in one embedding pass.
+        crops = [face for _, face in found] + [other for _, face in found for other in face.others]
         if found:
-            vectors = self.embed_crops(torch.stack([face.crop for _, face in found]))
+            vectors = iter(self.embed_crops(torch.stack([face.crop for face in crops])))
+            subjects = [next(vectors) for _ in found]
             # One gallery for the whole batch: use_enrolled() may replace self.gallery from another thread at
             # any moment, and an index found in one gallery must be named from that same gallery.
             gallery = self.gallery
-            for (index, face), vector in zip(found, vectors, strict=True):
-                outcomes[index] = self._name(gallery, face, vector)
+            for (index, face), vector in zip(found, subjects, strict=True):
+                top_k = wanted[index].top_k
+                result = self._name(gallery, face, vector, top_k)
+                if wanted[index].all_faces:
+                    every = [result, *(self._name(gallery, other, next(vectors), top_k) for other in face.others)]
+                    every.sort(key=_area, reverse=True)
+                    result = replace(result, faces=tuple(every))
+                outcomes[index] = result
         log.info(
             "recognized",
             extra={
                 "images": len(images),
-                "faces": len(found),
+                "faces": len(crops),
                 "detect_s": round(detected - started, 4),
                 "embed_s": round(time.perf_counter() - detected, 4),
             },
         )
         return outcomes
 
-    def _detect(self, images: Sequence[ImageInput]) -> tuple[list[DetectedFace | None], list[Outcome]]:
+    def verify(self, requests: Sequence[VerifyInput]) -> list[VerifyOutcome]:
+        """Is the subject of `image1` the subject of `image2`, or the enrolled `person`? One outcome per request,
+        in order (every photo detected and embedded in one pass); never raises for a bad image."""
+        images: list[ImageInput] = []
+        for request in requests:
+            images.append(request.image1)
+            if request.image2 is not None:
+                images.append(request.image2)
+        embedded = iter(self._embed_subjects(images))
+        gallery = self.gallery  # one snapshot for the batch, as in recognize()
+        outcomes: list[VerifyOutcome] = []
+        for request in requests:
+            first = next(embedded)
+            second = next(embedded) if request.image2 is not None else None
+            outcomes.append(self._compare(gallery, request, first, second))
+        return outcomes
+
+    def _compare(
+        self,
+        gallery: Gallery,
+        request: VerifyInput,
+        first: tuple[DetectedFace, Embedding] | Outcome,
+        second: tuple[DetectedFace, Embedding] | Outcome | None,
+    ) -> VerifyOutcome:
+        sides = [("image1", first)] + ([("image2", second)] if second is not None else [])
+        for label, side in sides:
+            if isinstance(side, ImageRejected):
+                return ImageRejected(side.code, f"{label}: {side.message}")
+            if isinstance(side, FaceResult):
+                return ImageRejected(NO_FACE_CODE, f"no face found in {label}")
+        faces: list[VerifiedFace] = []
+        vectors: list[Embedding] = []
+        for label, side in sides:
+            assert isinstance(side, tuple)
+            faces.append(VerifiedFace(label, side[0].box, side[0].probability))
+            vectors.append(side[1])
+        if second is not None:
+            reference = vectors[1]
+            # Face to face: two single photos, each with its own pose and lighting, lie further apart than a
+            # photo from a person's mean embedding; this threshold is calibrated on such pairs.
+            threshold = verification_threshold(self.settings, self.model_id)
+        else:
+            person = request.person or ""
+            known = gallery.person_embedding(person)
+            if known is None:
+                return ImageRejected(UNKNOWN_PERSON, f"{person!r} is not enrolled")
+            reference = known
+            # Face to a person's mean embedding is exactly what recognition measures, so "is this that person"
+            # is decided where recognition would stop naming them (`Unknown`); without a recognition threshold
+            # (never Unknown) the face-to-face one is the only calibrated boundary, and a stricter one, as a
+            # mean lies nearer to each of the person's photos than two photos lie to each other.
+            threshold = recognition_threshold(self.settings, self.model_id) or verification_threshold(
+                self.settings, self.model_id
+            )
+        distance = float(np.linalg.norm(vectors[0].astype(np.float64) - reference.astype(np.float64)))
+        return Verification(distance <= threshold, distance, threshold, tuple(faces))
+
+    def _embed_subjects(self, images: Sequence[ImageInput]) -> list[tuple[DetectedFace, Embedding] | Outcome]:
+        """The subject face and its embedding per image with a face; its NoFace result or ImageRejected if not."""
+        faces, detected = self._detect(images)
+        outcomes: list[tuple[DetectedFace, Embedding] | Outcome] = list(detected)
+        found = [(index, face) for index, face in enumerate(faces) if face is not None]
+        if found:
+            vectors = self.embed_crops(torch.stack([face.crop for _, face in found]))
+            for (index, face), vector in zip(found, vectors, strict=True):
+                outcomes[index] = (face, vector)
+        return outcomes
+
+    def _detect(
+        self, images: Sequence[ImageInput], every_face: Sequence[bool] | None = None
+    ) -> tuple[list[DetectedFace | None], list[Outcome]]:
         """Faces for the decodable images; outcomes pre-filled with NoFace / ImageRejected for the rest."""
         outcomes: list[Outcome] = [_no_face()] * len(images)
         decoded: list[Image.Image] = []
         positions: list[int] = []
+        every: list[bool] = []
         for index, data in enumerate(images):
             try:
                 decoded.append(decode_image(data, self.settings.max_image_pixels))
                 positions.append(index)
+                every.append(every_face is not None and every_face[index])
             except ImageDecodeError as exc:
                 outcomes[index] = ImageRejected(exc.code, exc.message)
         faces: list[DetectedFace | None] = [None] * len(images)
-        for index, face in zip(positions, self.detector.detect(decoded), strict=True):
+        detected = self.detector.detect(decoded, every) if any(every) else self.detector.detect(decoded)
+        for index, face in zip(positions, detected, strict=True):
             faces[index] = face
         return faces, outcomes
 
-    def _name(self, gallery: Gallery, face: DetectedFace, vector: Embedding) -> FaceResult:
+    def _name(self, gallery: Gallery, face: DetectedFace, vector: Embedding, top_k: int = 1) -> FaceResult:
         if len(gallery) == 0:
             return FaceResult(UNKNOWN, None, face.box, face.probability, unknown=True)
         indices, distances = gallery.nearest(vector[None, :])
         distance = float(distances[0])
+        (nearest,) = gallery.candidates(vector[None, :], top_k)
+        candidates = tuple(Candidate(name, near) for name, near in nearest)
         threshold = self.settings.unknown_threshold
         if threshold is not None and distance > threshold:
-            return FaceResult(UNKNOWN, distance, face.box, face.probability, unknown=True)
-        return FaceResult(gallery.names[int(indices[0])], distance, face.box, face.probability)
+            return FaceResult(UNKNOWN, distance, face.box, face.probability, unknown=True, candidates=candidates)
+        return FaceResult(gallery.names[int(indices[0])], distance, face.box, face.probability, candidates=candidates)
+
+
+def _area(face: FaceResult) -> float:
+    if face.box is None:
+        return 0.0
+    x1, y1, x2, y2 = face.box
+    return (x2 - x1) * (y2 - y1)
 
 
 def _no_face() -> FaceResult:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from facerec.messages import Box
+from facerec.messages import MAX_TOP_K, Box, Candidate, FaceRecord, VerifiedFace
+from facerec.people import InvalidPersonName, normalise_name
 from facerec.ports import DataTier
 from facerec.web.access_log import request_id
-from facerec.web.errors import ErrorBody
+from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import Answer, RecognitionGateway
-from facerec.web.uploads import UPLOAD_FIELD, multipart_body, read_upload
+from facerec.web.uploads import PERSON_FIELD, UPLOAD_FIELD, multipart_body, read_upload, read_verification
 
 router = APIRouter()
 
@@ -41,9 +42,24 @@ _ERRORS: dict[int, str] = {
 }
 
 
-def _documented_errors(media_type: str, example: Any) -> dict[int | str, dict[str, Any]]:
+_RECOGNITION_JSON_ERRORS = {
+    **_ERRORS,
+    422: f"No file in multipart field `inputFile`, or `top_k` not an integer from 1 to {MAX_TOP_K}.",
+}
+
+_VERIFICATION_ERRORS: dict[int, str] = {
+    **_ERRORS,
+    404: "`person` is not enrolled (code `unknown_person`).",
+    422: "No face in one of the photos (code `no_face`; the message names `image1` or `image2`); no file in "
+    "`image1`; both or neither of `image2` and `person` (code `bad_form`); an unusable person name.",
+}
+
+
+def _documented_errors(
+    media_type: str, example: Any, errors: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     documented: dict[int | str, dict[str, Any]] = {}
-    for status, description in _ERRORS.items():
+    for status, description in sorted((errors or _ERRORS).items()):
         entry: dict[str, Any] = {"description": description, "content": {media_type: {"example": example}}}
         if media_type == "application/json":
             entry["model"] = ErrorBody
@@ -60,12 +76,25 @@ class Timings(BaseModel):
 class RecognitionOut(BaseModel):
     request_id: str
     filename_stem: str = Field(description="The client's filename without path or extension (display form).")
-    name: str = Field(description="Nearest gallery identity, `Unknown`, or `NoFace`.")
-    distance: float | None = None
-    box: Box | None = Field(None, description="Face box in the original image's pixels.")
+    name: str = Field(
+        description="The subject face's nearest person; `Unknown` when even the nearest is beyond the recognition "
+        "threshold (or nobody is enrolled); `NoFace` when the photo has no face."
+    )
+    distance: float | None = Field(None, description="L2 distance from the subject face to the nearest person.")
+    box: Box | None = Field(None, description="The subject face's box in the original image's pixels.")
     probability: float | None = Field(None, description="Face detection probability.")
     unknown: bool = False
     no_face: bool = False
+    candidates: list[Candidate] = Field(
+        default_factory=list,
+        description="The subject face's `top_k` nearest people, nearest first, one entry per person (fewer when "
+        "fewer are enrolled; listed for an `Unknown` face too).",
+    )
+    faces: list[FaceRecord] = Field(
+        default_factory=list,
+        description="Every face in the photo (at most 10), largest first, the subject among them; each with its own "
+        "name, distance, `unknown` and candidates. Empty when there is no face.",
+    )
     worker: str | None = None
     timings: Timings
 
@@ -81,6 +110,25 @@ class RecognitionOut(BaseModel):
                     "probability": 0.999,
                     "unknown": False,
                     "no_face": False,
+                    "candidates": [{"name": "Paul", "distance": 0.61}, {"name": "Ana", "distance": 1.18}],
+                    "faces": [
+                        {
+                            "box": {"x1": 19.0, "y1": 14.0, "x2": 44.0, "y2": 45.0},
+                            "probability": 0.999,
+                            "name": "Paul",
+                            "distance": 0.61,
+                            "unknown": False,
+                            "candidates": [{"name": "Paul", "distance": 0.61}, {"name": "Ana", "distance": 1.18}],
+                        },
+                        {
+                            "box": {"x1": 120.0, "y1": 30.0, "x2": 138.0, "y2": 52.0},
+                            "probability": 0.98,
+                            "name": "Unknown",
+                            "distance": 1.24,
+                            "unknown": True,
+                            "candidates": [{"name": "Ana", "distance": 1.24}, {"name": "Paul", "distance": 1.31}],
+                        },
+                    ],
                     "worker": "app-tier-instance-1",
                     "timings": {"queue_wait_s": 0.02, "inference_s": 0.09, "total_s": 0.13},
                 }
@@ -89,16 +137,83 @@ class RecognitionOut(BaseModel):
     }
 
 
+class VerificationOut(BaseModel):
+    request_id: str
+    same: bool = Field(description="`true`: the same person (distance within the threshold).")
+    distance: float = Field(
+        description="L2 distance between the two subject faces, or between the face and the person's mean embedding."
+    )
+    threshold: float = Field(
+        description="The distance beyond which the answer is different people: the calibrated face-to-face "
+        "threshold for two photos; the recognition (`Unknown`) threshold for a photo against an enrolled person."
+    )
+    person: str | None = Field(None, description="The enrolled person compared with, when one was given.")
+    faces: list[VerifiedFace] = Field(description="The subject face of each photo.")
+    worker: str | None = None
+    timings: Timings
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "request_id": "9a1c3e5f7b9d4f6a8c0e2a4c6e8a0c2e",
+                    "same": True,
+                    "distance": 0.72,
+                    "threshold": 1.1,
+                    "person": None,
+                    "faces": [
+                        {
+                            "image": "image1",
+                            "box": {"x1": 19.0, "y1": 14.0, "x2": 44.0, "y2": 45.0},
+                            "probability": 1.0,
+                        },
+                        {
+                            "image": "image2",
+                            "box": {"x1": 80.0, "y1": 60.0, "x2": 170.0, "y2": 180.0},
+                            "probability": 1.0,
+                        },
+                    ],
+                    "worker": "app-tier-instance-1",
+                    "timings": {"queue_wait_s": 0.02, "inference_s": 0.15, "total_s": 0.2},
+                }
+            ]
+        }
+    }
+
+
+_IMAGE_SCHEMA = {"type": "string", "format": "binary"}
+_VERIFY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image1"],
+                    "properties": {
+                        "image1": {**_IMAGE_SCHEMA, "description": "The first photo (its subject face is compared)."},
+                        "image2": {**_IMAGE_SCHEMA, "description": "The second photo; or give `person` instead."},
+                        PERSON_FIELD: {"type": "string", "description": "An enrolled person; or give `image2`."},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def _gateway(request: Request) -> RecognitionGateway:
     gateway: RecognitionGateway = request.app.state.gateway  # Starlette's State holds untyped attributes
     return gateway
 
 
-async def _recognize(request: Request) -> Answer:
+async def _recognize(request: Request, top_k: int | None = None, all_faces: bool = False) -> Answer:
     gateway = _gateway(request)
     gateway.admit()  # refuse before reading an upload we would not process
     upload = await read_upload(request, request.app.state.settings.max_upload_bytes)
-    return await gateway.recognize(upload, receive=request.receive, request_id=request_id(request.scope))
+    return await gateway.recognize(
+        upload, receive=request.receive, request_id=request_id(request.scope), top_k=top_k, all_faces=all_faces
+    )
 
 
 @router.post(
@@ -126,17 +241,32 @@ async def recognize_plain(request: Request) -> PlainTextResponse:
     "/v1/recognitions",
     response_model=RecognitionOut,
     summary="Recognize a face (JSON)",
-    description="The same upload as `POST /`; answers the identity with distance, face box and timings.",
+    description=(
+        "The same upload as `POST /`; answers the subject face's identity (the face `POST /` names) with "
+        "distance, face box and timings, its `top_k` nearest people as `candidates`, and every face in the "
+        "photo (at most 10, largest first) in `faces`."
+    ),
     responses=_documented_errors(
-        "application/json", {"error": {"code": "not_an_image", "message": "the upload is not ... image"}}
+        "application/json",
+        {"error": {"code": "not_an_image", "message": "the upload is not ... image"}},
+        _RECOGNITION_JSON_ERRORS,
     ),
     openapi_extra=_UPLOAD_BODY,
 )
-async def recognize_json(request: Request) -> RecognitionOut:
-    answer = await _recognize(request)
+async def recognize_json(
+    request: Request,
+    top_k: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_TOP_K,
+            description=f"How many nearest people to list per face, nearest first (1 to {MAX_TOP_K}).",
+        ),
+    ] = 1,
+) -> RecognitionOut:
+    answer = await _recognize(request, top_k=top_k, all_faces=True)
     result = answer.response.result
     assert result is not None
-    timings = answer.response.timings
     return RecognitionOut(
         request_id=answer.request_id,
         filename_stem=answer.stem,
@@ -146,12 +276,62 @@ async def recognize_json(request: Request) -> RecognitionOut:
         probability=result.probability,
         unknown=result.unknown,
         no_face=result.no_face,
+        candidates=result.candidates or [],
+        faces=result.faces or [],
         worker=answer.response.worker,
-        timings=Timings(
-            queue_wait_s=timings.queue_wait_s if timings else None,
-            inference_s=timings.inference_s if timings else None,
-            total_s=round(answer.total_s, 6),
-        ),
+        timings=_timings(answer),
+    )
+
+
+@router.post(
+    "/v1/verifications",
+    response_model=VerificationOut,
+    summary="Verify: the same person? (1:1)",
+    description=(
+        "Multipart form with two photos (`image1`, `image2`), or one photo (`image1`) and an enrolled `person`. "
+        "Compares the subject face of each photo (the face `POST /` would name): `same` is whether their "
+        "distance is within `threshold`. Both photos together must fit the upload limit."
+    ),
+    responses=_documented_errors(
+        "application/json",
+        {"error": {"code": "no_face", "message": "no face found in image2"}},
+        _VERIFICATION_ERRORS,
+    ),
+    openapi_extra=_VERIFY_BODY,
+)
+async def verify(request: Request) -> VerificationOut:
+    gateway = _gateway(request)
+    gateway.admit()  # refuse before reading uploads we would not process
+    form = await read_verification(request, request.app.state.settings.max_upload_bytes)
+    person = None
+    if form.person is not None:
+        try:
+            person = normalise_name(form.person)
+        except InvalidPersonName as exc:
+            raise ServiceError(422, "invalid_person", f"unusable person name: {exc}") from None
+    answer = await gateway.verify(
+        form.image1, form.image2, person, receive=request.receive, request_id=request_id(request.scope)
+    )
+    verification = answer.response.verification
+    assert verification is not None  # the gateway raised otherwise
+    return VerificationOut(
+        request_id=answer.request_id,
+        same=verification.same,
+        distance=verification.distance,
+        threshold=verification.threshold,
+        person=person,
+        faces=verification.faces,
+        worker=answer.response.worker,
+        timings=_timings(answer),
+    )
+
+
+def _timings(answer: Answer) -> Timings:
+    timings = answer.response.timings
+    return Timings(
+        queue_wait_s=timings.queue_wait_s if timings else None,
+        inference_s=timings.inference_s if timings else None,
+        total_s=round(answer.total_s, 6),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,6 +58,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """A query or path parameter FastAPI refused (e.g. `top_k=0`): the same error body as every other 4xx."""
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return error_response(request.url.path, 422, "invalid_parameter", "; ".join(problems) or "invalid request")
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # Never show a traceback to the client; the log keeps it.
     log.exception("unhandled_error", extra={"path": request.url.path, "error_type": type(exc).__name__})
@@ -66,4 +77,5 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unexpected_error)

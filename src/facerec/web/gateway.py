@@ -42,7 +42,11 @@ _WORKER_ERRORS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.DEAD_LETTERED: (502, "processing failed repeatedly"),
     ErrorCode.DEADLINE_EXCEEDED: (504, "the request was not processed before its deadline"),
     ErrorCode.PERSON_DELETED: (409, "the person was deleted while the photo was being enrolled"),
+    ErrorCode.NO_FACE: (422, "no face found"),
+    ErrorCode.UNKNOWN_PERSON: (404, "unknown person"),
 }
+# Errors whose worker message is the client's answer: it names the photo without a face, or the person.
+_WORKER_WORDS = {ErrorCode.NO_FACE, ErrorCode.UNKNOWN_PERSON}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,22 +71,80 @@ class RecognitionGateway:
         self._settings = settings
         self.accepting = True
 
-    async def recognize(self, upload: Upload, receive: Receive | None = None, request_id: str | None = None) -> Answer:
+    async def recognize(
+        self,
+        upload: Upload,
+        receive: Receive | None = None,
+        request_id: str | None = None,
+        *,
+        top_k: int | None = None,
+        all_faces: bool = False,
+    ) -> Answer:
         """`receive` is the request's ASGI receive (body already read): its `http.disconnect` ends the wait.
-        `request_id` is the HTTP request's id (new if not given), so the access log line names this recognition."""
+        `request_id` is the HTTP request's id (new if not given), so the access log line names this recognition.
+        `top_k`: candidates per face; `all_faces`: report every face, not only the subject's."""
         started = time.perf_counter()
         self.admit()
         request_id = request_id or keys.new_request_id()
         # Registered before anything is sent so that even an instant answer finds its future.
         future = self._pending.register(request_id)
         try:
-            message = await self._submit(upload, request_id)
+            message = await self._submit(upload, request_id, top_k=top_k, all_faces=all_faces or None)
             assert message.deadline is not None
             response = await self._await_answer(request_id, future, receive, message.deadline - time.time())
         finally:
             self._pending.discard(request_id)
         _raise_worker_error(request_id, response)
+        if response.result is None:
+            raise ServiceError(502, ErrorCode.PROCESSING_FAILED, "the worker sent an empty answer")
         return Answer(request_id, keys.display_stem(upload.filename), response, time.perf_counter() - started)
+
+    async def verify(
+        self,
+        image1: Upload,
+        image2: Upload | None = None,
+        person: str | None = None,
+        receive: Receive | None = None,
+        request_id: str | None = None,
+    ) -> Answer:
+        """Two photos, or a photo and an enrolled person: stored in the image store like recognition inputs
+        (and kept like them), then one `verify` request. A photo stored for a request that was never sent is
+        deleted again."""
+        started = time.perf_counter()
+        self.admit()
+        request_id = request_id or keys.new_request_id()
+        now = time.time()
+        message = RecognitionRequest(
+            id=request_id,
+            input_key=keys.input_key(image1.filename, request_id),
+            input_key2=None if image2 is None else keys.input_key(image2.filename, request_id, part=2),
+            output_key=keys.output_key(image1.filename, request_id),
+            filename=image1.filename,
+            enqueued_at=now,
+            deadline=now + self._settings.request_deadline_s,
+            kind="verify",
+            person=None if image2 is not None else person,
+        )
+        future = self._pending.register(request_id)
+        try:
+            if image2 is not None:
+                assert message.input_key2 is not None
+                await self._store(self._data.inputs, "image store", image2, message.input_key2)
+            try:
+                await self._store_and_send(self._data.inputs, "image store", image1, message)
+            except ServiceError:
+                if message.input_key2 is not None:
+                    with contextlib.suppress(Exception):  # no request will name it: not left behind
+                        await self._data.inputs.delete(message.input_key2)
+                raise
+            assert message.deadline is not None
+            response = await self._await_answer(request_id, future, receive, message.deadline - time.time())
+        finally:
+            self._pending.discard(request_id)
+        _raise_worker_error(request_id, response)
+        if response.verification is None:
+            raise ServiceError(502, ErrorCode.PROCESSING_FAILED, "the worker sent an empty answer")
+        return Answer(request_id, keys.display_stem(image1.filename), response, time.perf_counter() - started)
 
     async def enroll_photo(self, person: str, upload: Upload, generation: str | None = None) -> RecognitionResponse:
         """Store a photo in the gallery store and have a worker embed it. The worker's answer: a result naming
@@ -134,7 +196,9 @@ class RecognitionGateway:
                 {"Retry-After": RETRY_AFTER_S},
             )
 
-    async def _submit(self, upload: Upload, request_id: str) -> RecognitionRequest:
+    async def _submit(
+        self, upload: Upload, request_id: str, top_k: int | None = None, all_faces: bool | None = None
+    ) -> RecognitionRequest:
         now = time.time()
         message = RecognitionRequest(
             id=request_id,
@@ -143,6 +207,8 @@ class RecognitionGateway:
             filename=upload.filename,
             enqueued_at=now,
             deadline=now + self._settings.request_deadline_s,
+            top_k=top_k,
+            all_faces=all_faces,
         )
         await self._store_and_send(self._data.inputs, "image store", upload, message)
         return message
@@ -151,18 +217,22 @@ class RecognitionGateway:
         self, store: BlobStore, store_label: str, upload: Upload, message: RecognitionRequest
     ) -> None:
         """Put the image under `message.input_key`, then send the message; 503 naming whichever failed."""
-        try:
-            await store.put(message.input_key, upload.data, upload.content_type)
-        except PortError as exc:
-            with contextlib.suppress(Exception):  # a put that failed late may still have stored the object
-                await store.delete(message.input_key)
-            raise _unavailable(store_label, exc) from None
+        await self._store(store, store_label, upload, message.input_key)
         try:
             await self._data.requests.send(message.to_json())
         except PortError as exc:
             with contextlib.suppress(Exception):  # nobody will process it; do not leave an orphan input
                 await store.delete(message.input_key)
             raise _unavailable("request queue", exc) from None
+
+    @staticmethod
+    async def _store(store: BlobStore, store_label: str, upload: Upload, key: str) -> None:
+        try:
+            await store.put(key, upload.data, upload.content_type)
+        except PortError as exc:
+            with contextlib.suppress(Exception):  # a put that failed late may still have stored the object
+                await store.delete(key)
+            raise _unavailable(store_label, exc) from None
 
     async def _await_answer(
         self,
@@ -228,7 +298,7 @@ def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:
         if response.error.code == ErrorCode.IMAGE_TOO_LARGE:
             # The worker's words carry the numbers: the image's pixels, the limit and the setting to change.
             message = f"{message}: {response.error.message}"
+        elif response.error.code in _WORKER_WORDS:
+            message = response.error.message
         log.info("worker_error", extra={"request_id": request_id, "code": str(response.error.code)})
         raise ServiceError(status, str(response.error.code), message)
-    if response.result is None:
-        raise ServiceError(502, ErrorCode.PROCESSING_FAILED, "the worker sent an empty answer")

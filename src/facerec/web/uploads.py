@@ -152,3 +152,50 @@ def checked_image(filename: str, data: bytes, max_bytes: int, field: str) -> Upl
             415, "not_an_image", "the upload is not a JPEG, PNG, WebP, BMP, GIF or TIFF image (by its content)"
         )
     return Upload(filename=filename, data=data, content_type=content_type)
+
+
+VERIFY_FIELDS = ("image1", "image2")
+PERSON_FIELD = "person"
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationForm:
+    image1: Upload
+    image2: Upload | None
+    person: str | None
+    """An enrolled person's name as given (trimmed); exactly one of `image2` and `person` is set."""
+
+
+async def read_verification(request: Request, max_bytes: int) -> VerificationForm:
+    """`image1` and either `image2` or `person` from a multipart form; raises ServiceError 400/413/415/422."""
+    try:
+        async with request_form(request, max_files=4, max_fields=16) as form:
+            parts = {field: form.get(field) for field in VERIFY_FIELDS}
+            named = form.get(PERSON_FIELD)
+            person = named.strip() if isinstance(named, str) and named.strip() else None
+            first = parts["image1"]
+            if not isinstance(first, UploadFile):
+                others = ", ".join(sorted(str(k) for k in form)) or "none"
+                raise ServiceError(
+                    422,
+                    "missing_field",
+                    f"expected an image file in multipart form field 'image1' (received fields: {others})",
+                )
+            second = parts["image2"]
+            if isinstance(second, UploadFile) and person is not None:
+                raise ServiceError(
+                    422, "bad_form", "give either a second photo in 'image2' or a person in 'person', not both"
+                )
+            if not isinstance(second, UploadFile) and person is None:
+                raise ServiceError(
+                    422, "bad_form", "give a second photo in 'image2' or an enrolled person's name in 'person'"
+                )
+            image1 = checked_image(first.filename or "", await first.read(max_bytes + 1), max_bytes, "image1")
+            image2 = (
+                checked_image(second.filename or "", await second.read(max_bytes + 1), max_bytes, "image2")
+                if isinstance(second, UploadFile)
+                else None
+            )
+    except StarletteHTTPException as exc:  # malformed multipart
+        raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
+    return VerificationForm(image1, image2, person)

@@ -9,18 +9,31 @@ from dataclasses import dataclass
 from facerec import people
 from facerec.messages import (
     Box,
+    Candidate,
     ErrorCode,
+    FaceRecord,
     InvalidMessage,
     RecognitionRequest,
     RecognitionResponse,
     RecognitionResult,
     ResponseError,
     Timings,
+    VerificationResult,
+    VerifiedFace,
     parse_request,
 )
 from facerec.people import EmbeddingRecord
 from facerec.ports import ReceivedMessage
-from facerec.recognition.results import EnrollOutcome, FaceResult, ImageRejected, Outcome
+from facerec.recognition.results import (
+    EnrollOutcome,
+    FaceResult,
+    ImageRejected,
+    Outcome,
+    Verification,
+    VerifyInput,
+    VerifyOutcome,
+    Wanted,
+)
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -133,15 +146,63 @@ def outcome_answer(job: Job, outcome: Outcome, inference_s: float, worker: str) 
     return Answer(job.message, response, output=(job.request.output_key, result.name))
 
 
+def wanted(request: RecognitionRequest) -> Wanted:
+    """What a recognition request asks for beyond the subject's nearest name."""
+    return Wanted(top_k=request.top_k or 1, all_faces=bool(request.all_faces))
+
+
+def _box(box: tuple[float, float, float, float]) -> Box:
+    return Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+
+
 def _result(face: FaceResult) -> RecognitionResult:
-    box = None if face.box is None else Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3])
+    every = [
+        FaceRecord(
+            box=_box(one.box),
+            probability=one.probability,
+            name=one.name,
+            distance=one.distance,
+            unknown=one.unknown,
+            candidates=[Candidate(name=c.name, distance=c.distance) for c in one.candidates],
+        )
+        for one in face.faces
+        if one.box is not None and one.probability is not None
+    ]
     return RecognitionResult(
         name=face.name,
         distance=face.distance,
-        box=box,
+        box=None if face.box is None else _box(face.box),
         probability=face.probability,
         no_face=face.no_face,
         unknown=face.unknown,
+        candidates=[Candidate(name=c.name, distance=c.distance) for c in face.candidates] if face.candidates else None,
+        faces=every if face.faces else None,
+    )
+
+
+def verify_input(request: RecognitionRequest, image1: bytes, image2: bytes | None) -> VerifyInput:
+    return VerifyInput(image1, image2, None if image2 is not None else request.person or "")
+
+
+def verification_answer(job: Job, outcome: VerifyOutcome, inference_s: float, worker: str) -> Answer:
+    """A verification's answer is the response alone: it writes no object (its inputs stay, as recognitions')."""
+    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4))
+    if isinstance(outcome, ImageRejected):
+        return error_answer(job.message, job.request.id, _error_code(outcome.code), outcome.message, worker, timings)
+    result = _verification(outcome)
+    response = RecognitionResponse(id=job.request.id, verification=result, timings=timings, worker=worker)
+    return Answer(job.message, response)
+
+
+def _verification(outcome: Verification) -> VerificationResult:
+    faces = [
+        VerifiedFace(
+            image="image2" if face.image == "image2" else "image1", box=_box(face.box), probability=face.probability
+        )
+        for face in outcome.faces
+    ]
+    return VerificationResult(
+        same=outcome.same, distance=round(outcome.distance, 6), threshold=outcome.threshold, faces=faces
     )
 
 

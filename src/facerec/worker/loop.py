@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeGuard
 
@@ -19,7 +20,15 @@ from facerec import people
 from facerec.messages import ErrorCode
 from facerec.people import EmbeddingRecord
 from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
-from facerec.recognition.results import BatchRecognizer, Enroller, EnrollOutcome, Outcome
+from facerec.recognition.results import (
+    BatchRecognizer,
+    Enroller,
+    EnrollOutcome,
+    Outcome,
+    Verifier,
+    VerifyOutcome,
+    Wanted,
+)
 from facerec.settings import Settings
 from facerec.worker.batch import (
     Answer,
@@ -30,6 +39,9 @@ from facerec.worker.batch import (
     missing_input_answer,
     outcome_answer,
     triage,
+    verification_answer,
+    verify_input,
+    wanted,
 )
 from facerec.worker.gallery_sync import GallerySync
 from facerec.worker.stats import WorkerStats
@@ -53,6 +65,8 @@ class _Batch:
 
     jobs: list[Job] = field(default_factory=list)
     images: list[bytes] = field(default_factory=list)
+    seconds: list[bytes | None] = field(default_factory=list)
+    """The second photo of each `verify` job (None for the other jobs)."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -78,6 +92,7 @@ class Worker:
             data.requests, settings.visibility_timeout_s, self.stats, extend_after=settings.visibility_extend_after
         )
         self._enroller: Enroller | None = recognizer if _can_enroll(recognizer) else None
+        self._takes_wanted = _takes_wanted(recognizer)
         self.gallery_sync = (
             GallerySync(data.gallery, self._enroller, settings.gallery_refresh_s)
             if data.gallery is not None and self._enroller is not None
@@ -196,7 +211,8 @@ class Worker:
                 raise data
             else:
                 batch.jobs.append(job)
-                batch.images.append(data)
+                batch.images.append(data[0])
+                batch.seconds.append(data[1])
         batch.timings = {"receive_s": received - started, "fetch_s": time.monotonic() - received}
         if settled:
             # Bad input is answered at once, never held back behind the batch's inference.
@@ -207,12 +223,19 @@ class Worker:
             )
         return batch
 
-    async def _fetch(self, job: Job) -> bytes:
-        if job.request.kind != "enroll":
-            return await self.data.inputs.get(job.request.input_key)
+    async def _fetch(self, job: Job) -> tuple[bytes, bytes | None]:
+        """The job's photo, and the second photo of a verification between two."""
+        request = job.request
+        if request.kind == "verify" and request.input_key2 is not None:
+            first, second = await asyncio.gather(
+                self.data.inputs.get(request.input_key), self.data.inputs.get(request.input_key2)
+            )
+            return first, second
+        if request.kind != "enroll":
+            return await self.data.inputs.get(request.input_key), None
         if self.data.gallery is None:
-            raise BlobNotFound(job.request.input_key)  # answered as input_missing: this deployment cannot enroll
-        return await self.data.gallery.get(job.request.input_key)
+            raise BlobNotFound(request.input_key)  # answered as input_missing: this deployment cannot enroll
+        return await self.data.gallery.get(request.input_key), None
 
     # --- stage 2: inference -----------------------------------------------------------------------
 
@@ -223,8 +246,16 @@ class Worker:
     def _last_chance(self, job: Job) -> bool:
         return job.message.receive_count >= self.settings.max_receives
 
-    async def _recognize(self, images: Sequence[bytes]) -> list[Outcome]:
-        outcomes = await self._infer(lambda: self.recognizer.recognize(images))
+    async def _recognize(self, images: Sequence[bytes], wishes: Sequence[Wanted]) -> list[Outcome]:
+        recognizer = self.recognizer
+        if self._takes_wanted:
+            call: Callable[[Sequence[bytes], Sequence[Wanted]], list[Outcome]] = getattr(  # noqa: B009
+                recognizer, "recognize"
+            )  # the protocol's signature lacks `wanted`
+            outcomes = await self._infer(lambda: call(images, wishes))
+        else:
+            # A recognizer written before candidates and every face: its answers simply lack them.
+            outcomes = await self._infer(lambda: recognizer.recognize(images))
         if len(outcomes) != len(images):
             raise RuntimeError(f"recognizer returned {len(outcomes)} outcomes for {len(images)} images")
         return outcomes
@@ -233,7 +264,7 @@ class Worker:
         """One image on its own; a failure is answered on the last delivery, else retried by redelivery."""
         started = time.monotonic()
         try:
-            (outcome,) = await self._recognize([image])
+            (outcome,) = await self._recognize([image], [wanted(job.request)])
         except Exception as exc:
             log.exception(
                 "recognize_failed",
@@ -297,11 +328,36 @@ class Worker:
         code, text = _NOT_KEPT[refused]
         return failed_answer(job, text, self.name, code)
 
+    async def _verify(self, jobs: Sequence[tuple[Job, bytes, bytes | None]], timings: dict[str, float]) -> None:
+        """Compare faces (rare and small, like enrollments: one inference call for all of them)."""
+        started = time.monotonic()
+        try:
+            verifier = self.recognizer
+            if not _can_verify(verifier):
+                raise RuntimeError("this worker cannot verify (a recognizer without verify)")
+            inputs = [verify_input(job.request, first, second) for job, first, second in jobs]
+            outcomes: list[VerifyOutcome] = await self._infer(lambda: verifier.verify(inputs))
+        except Exception as exc:
+            log.exception("verify_failed", extra={"worker": self.name, "size": len(jobs)})
+            answers = [failed_answer(job, f"verification failed: {type(exc).__name__}", self.name) for job, *_ in jobs]
+        else:
+            inference_s = time.monotonic() - started
+            answers = [
+                verification_answer(job, outcome, inference_s, self.name)
+                for (job, *_), outcome in zip(jobs, outcomes, strict=True)
+            ]
+        timings["infer_s"] += time.monotonic() - started
+        _accumulate(timings, await self._settle(answers))
+
     async def _process(self, batch: _Batch) -> None:
         if not batch.jobs:
             return
         timings = {**batch.timings, "infer_s": 0.0, "store_s": 0.0, "respond_s": 0.0, "delete_s": 0.0}
-        pairs = [(job, image) for job, image in zip(batch.jobs, batch.images, strict=True)]
+        triples = list(zip(batch.jobs, batch.images, batch.seconds, strict=True))
+        verifications = [triple for triple in triples if triple[0].request.kind == "verify"]
+        if verifications:
+            await self._verify(verifications, timings)
+        pairs = [(job, image) for job, image, _ in triples if job.request.kind != "verify"]
         enrollments = [(job, image) for job, image in pairs if job.request.kind == "enroll"]
         if enrollments:
             await self._enroll(enrollments, timings)
@@ -314,7 +370,9 @@ class Worker:
         if together:
             started = time.monotonic()
             try:
-                outcomes = await self._recognize([image for _, image in together])
+                outcomes = await self._recognize(
+                    [image for _, image in together], [wanted(job.request) for job, _ in together]
+                )
             except Exception:
                 log.exception("batch_failed", extra={"worker": self.name, "size": len(together)})
                 alone = together + alone
@@ -385,6 +443,18 @@ class Worker:
 def _can_enroll(recognizer: BatchRecognizer) -> TypeGuard[Enroller]:
     """A recognizer that can enroll too: it has all of Enroller's methods."""
     return all(hasattr(recognizer, name) for name in ("enroll", "embedding_fields", "use_enrolled"))
+
+
+def _takes_wanted(recognizer: BatchRecognizer) -> bool:
+    """Whether `recognize` accepts `wanted` (candidates, every face): see BatchRecognizer."""
+    try:
+        return "wanted" in inspect.signature(recognizer.recognize).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin or an odd callable)
+        return False
+
+
+def _can_verify(recognizer: BatchRecognizer) -> TypeGuard[Verifier]:
+    return hasattr(recognizer, "verify")
 
 
 def _accumulate(timings: dict[str, float], more: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-// The facerec page: recognize a photo (POST /v1/recognitions) and manage enrolled people (/v1/people).
+// The facerec page: recognize a photo (POST /v1/recognitions), manage enrolled people (/v1/people) and compare
+// two photos (POST /v1/verifications).
 // Plain browser JavaScript, no build step, no third-party code: everything is served by the app itself.
 "use strict";
 
@@ -18,6 +19,18 @@ const ENROLL_FAILURES = {
   503: "The service is busy right now. Please try again in a moment.",
   504: "That took too long. Please try again.",
 };
+
+const COMPARE_FAILURES = {
+  400: "One of those files is empty or did not arrive complete. Please choose it again.",
+  413: "Those photos are too large to send together. Please choose smaller ones.",
+  415: "One of those files is not an image we can read.",
+  502: "The service could not process those photos. Please try other ones.",
+  503: "The service is busy right now. Please try again in a moment.",
+  504: "That took too long. Please try again.",
+};
+
+// How many candidates the page asks for per face.
+const TOP_K = 3;
 
 const UNREACHABLE = "Could not reach the service. Check your connection and try again.";
 
@@ -86,8 +99,7 @@ function showPreview(file) {
   );
 }
 
-function placeBox(box, photo) {
-  const overlay = $("face-box");
+function placeBox(box, photo, overlay = $("face-box")) {
   const width = photo.naturalWidth;
   const height = photo.naturalHeight;
   if (!box || !width || !height) {
@@ -105,9 +117,43 @@ function placeBox(box, photo) {
   overlay.hidden = false;
 }
 
+function sameBox(a, b) {
+  return Boolean(a && b) && a.x1 === b.x1 && a.y1 === b.y1 && a.x2 === b.x2 && a.y2 === b.y2;
+}
+
+function describeFace(face) {
+  return typeof face.distance === "number" ? `${face.name} (${face.distance.toFixed(3)})` : face.name;
+}
+
+function showFaces(answer, photo, previewShown) {
+  const faces = Array.isArray(answer.faces) ? answer.faces : [];
+  const candidates = Array.isArray(answer.candidates) ? answer.candidates : [];
+  $("candidates-block").hidden = candidates.length === 0;
+  fillList($("result-candidates"), candidates, (candidate) => `${candidate.name}: ${candidate.distance.toFixed(3)}`);
+  // Only worth a list when there is more than the subject's face.
+  $("faces-block").hidden = faces.length < 2;
+  fillList($("result-faces"), faces.length < 2 ? [] : faces, (face) => {
+    const nearest = (face.candidates || []).map((c) => `${c.name} ${c.distance.toFixed(3)}`).join(", ");
+    const subject = sameBox(face.box, answer.box) ? " (the main face)" : "";
+    return `${describeFace(face)}${subject}${nearest ? ` — nearest: ${nearest}` : ""}`;
+  });
+  // The subject keeps the solid box; every other face gets a dashed one.
+  const others = previewShown ? faces.filter((face) => !sameBox(face.box, answer.box)) : [];
+  $("other-faces").replaceChildren(
+    ...others.map((face) => {
+      const overlay = document.createElement("div");
+      overlay.className = "face-box other";
+      overlay.title = describeFace(face);
+      placeBox(face.box, photo, overlay);
+      return overlay;
+    }),
+  );
+}
+
 function showAnswer(answer, previewShown) {
   const photo = $("recognize-photo");
   $("recognize-result").hidden = false;
+  showFaces(answer, photo, previewShown);
   photo.hidden = !previewShown;
   $("result-name").textContent = answer.no_face ? "No face" : answer.name;
   $("result-distance").textContent = typeof answer.distance === "number" ? answer.distance.toFixed(3) : "—";
@@ -149,7 +195,7 @@ async function recognize(file) {
   form.append("inputFile", file, file.name);
   let response;
   try {
-    response = await fetch("/v1/recognitions", { method: "POST", body: form });
+    response = await fetch(`/v1/recognitions?top_k=${TOP_K}`, { method: "POST", body: form });
   } catch {
     if (sequence === recognizer.sequence) showRecognizeFailure(UNREACHABLE);
     return;
@@ -183,6 +229,85 @@ function setUpRecognize() {
   });
   // A photo dropped beside the zone must not navigate away from the page.
   for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+}
+
+// ---- Compare two photos ----------------------------------------------------------------------------------
+
+const comparison = { sequence: 0 };
+
+function showCompareFailure(message) {
+  $("compare-result").hidden = true;
+  setStatus($("compare-status"), message, "error");
+}
+
+async function compare(event) {
+  event.preventDefault();
+  const first = $("compare-file1").files[0];
+  const second = $("compare-file2").files[0];
+  if (!first || !second) {
+    showCompareFailure("Please choose two photos to compare.");
+    $(first ? "compare-file2" : "compare-file1").focus();
+    return;
+  }
+  const limit = maxUploadBytes();
+  if (limit !== null && first.size + second.size > limit) {
+    showCompareFailure(`Those photos are too large together. Please keep them under ${formatBytes(limit)}.`);
+    return;
+  }
+  const sequence = ++comparison.sequence;
+  const form = new FormData();
+  form.append("image1", first, first.name);
+  form.append("image2", second, second.name);
+  const button = $("compare-submit");
+  button.disabled = true;
+  setStatus($("compare-status"), "Comparing…", "busy");
+  let response;
+  try {
+    response = await fetch("/v1/verifications", { method: "POST", body: form });
+  } catch {
+    if (sequence === comparison.sequence) showCompareFailure(UNREACHABLE);
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  if (sequence !== comparison.sequence) return;
+  if (!response.ok) {
+    const fallback = failureMessage(COMPARE_FAILURES, response.status, response.headers.get("Retry-After"));
+    const body = await response.json().catch(() => null);
+    if (body && body.error && body.error.code === "no_face") {
+      const which = /image2/.test(body.error.message) ? "second" : "first";
+      showCompareFailure(`No face found in the ${which} photo.`);
+      return;
+    }
+    showCompareFailure(COMPARE_FAILURES[response.status] ? fallback : (body && body.error && body.error.message) || fallback);
+    return;
+  }
+  const answer = await response.json();
+  $("compare-result").hidden = false;
+  $("compare-verdict").textContent = answer.same ? "Same person" : "Different people";
+  $("compare-distance").textContent = answer.distance.toFixed(3);
+  $("compare-threshold").textContent = answer.threshold.toFixed(3);
+  setStatus($("compare-status"), answer.same ? "Same person." : "Different people.", answer.same ? "success" : "warning");
+}
+
+function setUpCompare() {
+  $("compare-form").addEventListener("submit", compare);
+  for (const [zoneId, inputId] of [
+    ["compare-zone1", "compare-file1"],
+    ["compare-zone2", "compare-file2"],
+  ]) {
+    const zone = $(zoneId);
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      if (event.dataTransfer && event.dataTransfer.files.length > 0) $(inputId).files = event.dataTransfer.files;
+    });
+  }
 }
 
 // ---- Enroll and people -----------------------------------------------------------------------------------
@@ -339,6 +464,7 @@ async function removePerson(person) {
 
 document.addEventListener("DOMContentLoaded", () => {
   setUpRecognize();
+  setUpCompare();
   $("enroll-form").addEventListener("submit", enroll);
   refreshPeople();
 });

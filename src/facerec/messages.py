@@ -80,6 +80,9 @@ class RecognitionResult(BaseModel):
     probability: float | None = Field(None, description="Face detection probability.")
     no_face: bool = False
     unknown: bool = False
+    nearest: ClippedText | None = Field(
+        None, description="Nearest gallery identity, also when `name` is `Unknown` (its distance is `distance`)."
+    )
 
 
 class ResponseError(BaseModel):

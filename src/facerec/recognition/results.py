@@ -23,6 +23,8 @@ class FaceResult:
     probability: float | None
     no_face: bool = False
     unknown: bool = False
+    nearest: str | None = None
+    """The nearest gallery identity, also when the answer is Unknown (beyond the threshold)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,7 @@ def _result(face: FaceResult) -> RecognitionResult:
         probability=face.probability,
         no_face=face.no_face,
         unknown=face.unknown,
+        nearest=face.nearest,
     )
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from facerec.bench.accuracy import verification_pairs
 from facerec.cli import main
 from facerec.recognition.gallery import Gallery
+from facerec.recognition.images import decode_image
 from facerec.recognition.thresholds import CALIBRATED
 from facerec.testing import jpeg_bytes
 from tests.standin_model import real_recognizer
@@ -40,15 +42,25 @@ def test_open_set_on_held_out_people(held_out: dict[str, list[Path]]) -> None:
     assert recognizer.unknown_threshold == CALIBRATED["casia-webface"].recognition, "open set by default"
     threshold = recognizer.unknown_threshold
     photos = [(name, path) for name, paths in held_out.items() for path in paths]
-    vectors = recognizer.embed([path.read_bytes() for _, path in photos])  # each photo embedded once
+    # Each photo detected and embedded once (what `Recognizer.embed` does), keeping the number of faces found.
+    limit = recognizer.settings.max_image_pixels
+    faces = recognizer.detector.detect([decode_image(path.read_bytes(), limit) for _, path in photos])
+    found = [(name, face) for (name, _), face in zip(photos, faces, strict=True) if face is not None]
+    vectors = recognizer.embed_crops(torch.stack([face.crop for _, face in found]))
     people: dict[str, list[np.ndarray]] = {}
-    for (name, _), vector in zip(photos, vectors, strict=True):
-        if isinstance(vector, np.ndarray):
-            people.setdefault(name, []).append(vector)
+    single: dict[str, list[bool]] = {}
+    for (name, face), vector in zip(found, vectors, strict=True):
+        people.setdefault(name, []).append(vector)
+        single.setdefault(name, []).append(face.faces == 1)
     named, probes, unknown, strangers = 0, 0, 0, 0
     names = sorted(people)
-    for fold in (0, 1):  # half the people enrolled (3 photos each), the other half strangers; then swapped
-        enrolled = {name: people[name][:3] for index, name in enumerate(names) if index % 2 == fold}
+    for fold in (0, 1):  # half the people enrolled, the other half strangers; then swapped
+        # As `facerec enroll --per-person 3`: the first 3 photos, less those showing several faces.
+        enrolled = {
+            name: [v for v, one in zip(people[name][:3], single[name][:3], strict=True) if one]
+            for index, name in enumerate(names)
+            if index % 2 == fold
+        }
         gallery = Gallery.from_people(enrolled, recognizer.gallery_meta())
         for name in names:
             queries = people[name][3:] if name in enrolled else people[name]

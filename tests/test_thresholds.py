@@ -147,3 +147,12 @@ def test_recognize_refuses_uncalibrated_weights_without_a_threshold(
     assert refused.exit_code == 1 and "no calibrated Unknown threshold" in refused.output
     closed = CliRunner().invoke(main, ["recognize", "--gallery", str(gallery), "--unknown-threshold", "none", photo])
     assert closed.exit_code == 0 and closed.stdout.strip().endswith(":Ada"), closed.output
+
+
+@pytest.mark.parametrize("command", ["serve", "recognize", "verify"])
+def test_help_says_what_the_threshold_options_do(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--unknown-threshold DISTANCE|NONE" in text and "`none`: closed set" in text
+    assert "--flip-tta / --no-flip-tta" in text

@@ -6,6 +6,7 @@ behaviour can be tested without the converted weights; accuracy tests use `real_
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from functools import lru_cache
@@ -28,8 +29,18 @@ def standin_model() -> torch.nn.Module:
     return InceptionResnetV1(classify=False).eval()
 
 
+def closed_set_unless_set(settings: Settings) -> Settings:
+    """An untrained network has no calibrated Unknown threshold: these plumbing tests use a closed set unless
+    they set a threshold themselves."""
+    if settings.unknown_threshold is None:
+        return settings.model_copy(update={"unknown_threshold": "none"})
+    return settings
+
+
 def standin_recognizer(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
-    return Recognizer(settings or Settings(), gallery, model=standin_model(), model_id=STANDIN_ID)
+    return Recognizer(
+        closed_set_unless_set(settings or Settings()), gallery, model=standin_model(), model_id=STANDIN_ID
+    )
 
 
 def standin_weights_module() -> types.ModuleType:
@@ -42,6 +53,8 @@ def standin_weights_module() -> types.ModuleType:
 
 def install_standin_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "facerec.recognition.weights", standin_weights_module())
+    if not os.environ.get("FACEREC_UNKNOWN_THRESHOLD"):
+        monkeypatch.setenv("FACEREC_UNKNOWN_THRESHOLD", "none")  # no calibrated threshold for a random network
 
 
 def real_recognizer(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
+from facerec.settings import Settings
 from facerec.testing import side_by_side
 from tests.standin_model import real_recognizer
 
@@ -19,7 +20,9 @@ from tests.standin_model import real_recognizer
 def test_enroll_needs_exactly_one_face_and_enrolled_people_are_recognized(
     lfw_people: dict[str, list[Path]],
 ) -> None:
-    recognizer = real_recognizer()
+    # One photo per person: image-to-image distances run larger than the 3-photo means the Unknown threshold is
+    # calibrated for, so this test of enrollment's plumbing asks for the nearest name (closed set).
+    recognizer = real_recognizer(Settings(unknown_threshold="none"))
     (ann, ann_photos), (bill, bill_photos) = list(lfw_people.items())[2:4]
     blank = io.BytesIO()
     Image.new("RGB", (120, 120), (90, 90, 90)).save(blank, format="PNG")

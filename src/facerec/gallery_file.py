@@ -96,6 +96,20 @@ def gallery_names(path: str | Path) -> list[str]:
     return list(names)
 
 
+def gallery_unknown_threshold(path: str | Path) -> float | None:
+    """The Unknown threshold recorded in a facerec gallery file's metadata (None: none recorded, or a course file)."""
+    path = Path(path)
+    try:
+        loaded = _NamesUnpickler(io.BytesIO(_pickle_bytes(path))).load()
+    except GalleryFileError:
+        raise
+    except Exception as exc:  # a damaged pickle raises many unrelated types
+        raise GalleryFileError(f"{path}: unreadable gallery: {exc}") from None
+    meta = loaded.get("meta") if isinstance(loaded, dict) and loaded.get("format") == FORMAT_TAG else None
+    recorded = meta.get("unknown_threshold") if isinstance(meta, dict) else None
+    return float(recorded) if isinstance(recorded, int | float) else None
+
+
 def gallery_people(path: str | Path) -> dict[str, int]:
     """Person -> number of gallery entries (embeddings) for them, sorted by name.
 

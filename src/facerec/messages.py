@@ -130,6 +130,9 @@ class RecognitionResult(BaseModel):
     unknown: bool = False
     candidates: list[Candidate] | None = Field(None, description="The subject face's nearest people (`top_k`).")
     faces: list[FaceRecord] | None = Field(None, description="Every face, largest first (`all_faces` requests).")
+    nearest: ClippedText | None = Field(
+        None, description="Nearest gallery identity, also when `name` is `Unknown` (its distance is `distance`)."
+    )
 
 
 class VerifiedFace(BaseModel):

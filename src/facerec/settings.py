@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,8 +55,16 @@ class Settings(BaseSettings):
     crop_size: int = Field(160, ge=32, le=512, description="Face crop side in pixels (160 for casia-webface).")
     margin: int = Field(14, ge=0, le=200, description="Margin around the detected box, in crop pixels.")
     min_face_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
-    unknown_threshold: float | None = Field(
-        None, gt=0, description="L2 distance beyond which the answer is `Unknown` (about 0.9-1.0 for casia)."
+    unknown_threshold: Annotated[float, Field(gt=0)] | Literal["none"] | None = Field(
+        None,
+        description="L2 distance beyond which a face is answered `Unknown`. Unset: the one recorded in the gallery, "
+        "else the calibrated default for its weights (casia-webface: see docs/benchmarks.md); vggface2 and "
+        "state_dict files have none, so they need one. `none`: never Unknown (closed set, the course's contract).",
+    )
+    flip_tta: bool = Field(
+        False,
+        description="Embed each face and its mirror image and average them (test-time augmentation): costs a "
+        "second forward pass per face; see docs/benchmarks.md for what it buys.",
     )
     torch_threads: int = Field(
         max(1, os.cpu_count() or 1), ge=1, description="Intra-op threads per worker (local workers get cores / max)."
@@ -130,6 +138,15 @@ class Settings(BaseSettings):
     )
     scale_in_grace_s: float = Field(1.0, ge=0, description="Workers stop this long after the load that needed them.")
     scaler_interval_s: float = Field(0.2, gt=0, description="Scaler tick (it also wakes on every request).")
+
+    @field_validator("unknown_threshold", mode="before")
+    @classmethod
+    def _none_spelled_any_case(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return "none"
+        if isinstance(value, str) and not value.strip():
+            return None  # FACEREC_UNKNOWN_THRESHOLD= (empty): as if unset
+        return value
 
     @model_validator(mode="after")
     def _default_max_workers(self) -> Settings:

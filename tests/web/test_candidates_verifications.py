@@ -160,7 +160,7 @@ async def test_a_photo_is_verified_against_an_enrolled_person() -> None:
         (verify_files(PAUL, PAUL), {"person": "Paul"}, 422, "bad_form", "not both"),
         (verify_files(PAUL), {}, 422, "bad_form", "'person'"),
         (verify_files(None, PAUL), {}, 422, "missing_field", "'image1'"),
-        (verify_files(PAUL), {"person": "a/b"}, 422, "invalid_person", "slash"),
+        (verify_files(PAUL), {"person": "a/b"}, 422, "invalid_person", "('/')"),
         (verify_files(b"not an image", PAUL), {}, 415, "not_an_image", "image"),
     ],
     ids=["no-face-2", "no-face-1", "both", "neither", "no-image1", "bad-name", "not-an-image"],

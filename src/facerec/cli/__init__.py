@@ -9,6 +9,7 @@ import click
 # name -> "module:attribute"; each subcommand lives in its own module.
 _COMMANDS: dict[str, str] = {
     "enroll": "facerec.cli.enroll:enroll",
+    "verify": "facerec.cli.verify:verify",
     "recognize": "facerec.cli.recognize:recognize",
     "weights": "facerec.cli.weights:weights",
     "worker": "facerec.cli.worker:worker",

@@ -8,6 +8,7 @@ import click
 
 # name -> module exposing a click command called `command`
 _BENCHMARKS: dict[str, str] = {
+    "accuracy": "facerec.bench.accuracy",
     "model": "facerec.bench.model",
     "queue": "facerec.bench.queue",
     "worker": "facerec.bench.worker",

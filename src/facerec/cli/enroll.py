@@ -105,7 +105,7 @@ def enroll(
     people = person_photos(directory, per_person)
     if not people:
         raise click.UsageError(f"{directory} has no sub-folders (one per person expected)")
-    recognizer = Recognizer(settings)
+    recognizer = Recognizer(settings, threshold_needed=False)
     if to_store:
         enroll_into_store(recognizer, settings, people)
         return

@@ -14,12 +14,42 @@ from facerec.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class UnknownThreshold(click.ParamType["float | str"]):
+    """A positive distance, or `none` (closed set: never Unknown)."""
+
+    name = "DISTANCE|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or (isinstance(value, str) and value.strip().lower() == "none"):
+            return value if isinstance(value, float) else "none"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a distance nor `none`", param, ctx)
+        if number <= 0:
+            self.fail(f"{value!r}: a distance must be positive", param, ctx)
+        return number
+
+
+UNKNOWN_THRESHOLD = UnknownThreshold()
+UNKNOWN_THRESHOLD_HELP = (
+    "Distance beyond which a face is answered Unknown; `none`: closed set, always the nearest name "
+    "(default: the gallery's recorded threshold, else the calibrated one for its weights) "
+    "[env FACEREC_UNKNOWN_THRESHOLD]."
+)
+
 _OPTIONS = [
     click.option("--weights", help="`casia-webface`, `vggface2` or a state_dict path [env FACEREC_WEIGHTS]."),
     click.option("--crop-size", type=int, help="Face crop size in pixels [env FACEREC_CROP_SIZE]."),
     click.option("--margin", type=int, help="Margin around the face, in crop pixels [env FACEREC_MARGIN]."),
     click.option("--min-face-size", type=int, help="Smallest face MTCNN looks for [env FACEREC_MIN_FACE_SIZE]."),
-    click.option("--unknown-threshold", type=float, help="L2 distance beyond which a face is Unknown."),
+    click.option("--unknown-threshold", type=UNKNOWN_THRESHOLD, help=UNKNOWN_THRESHOLD_HELP),
+    click.option(
+        "--flip-tta/--no-flip-tta",
+        default=None,
+        help="Average each face's embedding with its mirror's [env FACEREC_FLIP_TTA].",
+    ),
     click.option("--torch-threads", type=int, help="CPU threads for inference [env FACEREC_TORCH_THREADS]."),
     click.option("--batch-max", type=int, help="Images per forward pass [env FACEREC_BATCH_MAX]."),
     click.option(

@@ -31,6 +31,7 @@ def recognize(images: tuple[Path, ...], gallery_path: Path | None, as_json: bool
     from facerec.recognition.gallery import GalleryError, load_gallery
     from facerec.recognition.recognizer import Recognizer
     from facerec.recognition.results import ImageRejected
+    from facerec.recognition.thresholds import ThresholdUnavailable
 
     settings = settings_from_options(options)
     path = gallery_path or (Path(settings.gallery) if settings.gallery else None)
@@ -38,7 +39,7 @@ def recognize(images: tuple[Path, ...], gallery_path: Path | None, as_json: bool
         raise click.UsageError("no gallery: pass --gallery FILE (make one with `facerec enroll`)")
     try:
         recognizer = Recognizer(settings, load_gallery(path, settings))
-    except GalleryError as exc:
+    except (GalleryError, ThresholdUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     records: list[dict[str, Any]] = []
     failed = 0

@@ -15,9 +15,11 @@ from typing import Any
 
 import click
 
+from facerec.cli.model_options import UNKNOWN_THRESHOLD, UNKNOWN_THRESHOLD_HELP
 from facerec.cli.text import plural
-from facerec.gallery_file import GalleryFileError, gallery_people
+from facerec.gallery_file import GalleryFileError, gallery_people, gallery_unknown_threshold
 from facerec.logs import configure_logging
+from facerec.recognition.thresholds import ThresholdUnavailable, describe_recognition_threshold
 from facerec.settings import Settings
 
 
@@ -51,9 +53,10 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another address with --host or --port."
 
 
-def banner(settings: Settings, gallery_people: dict[str, int] | None) -> list[str]:
+def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: float | None = None) -> list[str]:
     """What `facerec serve` tells its user once it can listen: where it answers, what it knows, where the data
-    lives. The first line goes to stdout, the rest to stderr."""
+    lives. The first line goes to stdout, the rest to stderr. `recorded`: the gallery's own Unknown threshold.
+    Raises ThresholdUnavailable as the workers would (the same `recognition_threshold`)."""
     url = f"http://{settings.host}:{settings.port}"
     lines = [f"facerec on {url}  (docs: {url}/docs, metrics: {url}/metrics)"]
     if gallery_people is None:
@@ -63,7 +66,9 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None) -> list[st
         )
     else:
         lines.append(f"gallery: {settings.gallery} ({plural(len(gallery_people), 'person', 'people')})")
-    # What the gallery's answers mean (e.g. the Unknown threshold) belongs here, next to the gallery.
+    # What the gallery's answers mean, next to the gallery. Weights named by a file path have no calibrated
+    # threshold whatever their checksum, so the weights setting resolves exactly as the workers' weights id does.
+    lines.append(f"unknown faces: {describe_recognition_threshold(settings, settings.weights, recorded)}")
     if settings.backend == "local":
         lines.append(f"data: {settings.data_dir} (local backend)")
     else:
@@ -92,7 +97,8 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None) -> list[st
 )
 @click.option("--min-workers", type=click.IntRange(min=0), help="Workers kept running when idle (default 0).")
 @click.option("--weights", help="Worker weights: `casia-webface`, `vggface2` or a state_dict path.")
-@click.option("--unknown-threshold", type=float, help="Distance beyond which the answer is `Unknown`.")
+@click.option("--unknown-threshold", type=UNKNOWN_THRESHOLD, help=UNKNOWN_THRESHOLD_HELP)
+@click.option("--flip-tta/--no-flip-tta", default=None, help="Workers average each face's embedding with its mirror's.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **options: Any) -> None:
     """Run the service: web tier on HOST:PORT, workers scaled from 0 with the requests in flight."""
@@ -108,13 +114,19 @@ def serve(log_level: str, **options: Any) -> None:
         overrides["data_dir"] = overrides["data_dir"].expanduser().resolve()
     settings = Settings(**overrides)
     known: dict[str, int] | None = None
+    recorded: float | None = None
     if settings.gallery:  # from --gallery or FACEREC_GALLERY
         if not Path(settings.gallery).is_file():
             raise click.BadParameter(f"{settings.gallery} is not a file", param_hint="--gallery")
         try:
             known = gallery_people(settings.gallery)
+            recorded = gallery_unknown_threshold(settings.gallery)
         except GalleryFileError as exc:
             raise click.BadParameter(str(exc), param_hint="--gallery") from None
+    try:
+        lines = banner(settings, known, recorded)
+    except ThresholdUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         sock = listening_socket(settings.host, settings.port)
     except OSError as exc:
@@ -125,7 +137,7 @@ def serve(log_level: str, **options: Any) -> None:
 
     service = ScalerService(settings)
     app = create_app(settings, worker_count=service.worker_count, companions=[service.companion])
-    first, *rest = banner(settings, known)
+    first, *rest = lines
     click.echo(first)
     for line in rest:
         click.echo(line, err=True)

@@ -50,6 +50,8 @@ class GalleryMeta:
     created: float = field(default_factory=time.time)
     source: str = "facerec"
     """`facerec` (our format) or `course` (a data.pt whose settings were stated by the operator)."""
+    unknown_threshold: float | None = None
+    """The Unknown threshold set when the gallery was made (FACEREC_UNKNOWN_THRESHOLD); used when none is set."""
 
     def differences(self, weights: str, settings: Settings) -> list[str]:
         expected = {"weights": weights, "crop_size": settings.crop_size, "margin": settings.margin}

@@ -55,8 +55,12 @@ class Recognizer:
         *,
         model: torch.nn.Module | None = None,
         model_id: str | None = None,
+        threshold_needed: bool = True,
     ) -> None:
-        """`model`/`model_id` replace the configured weights (tests); by default they come from `weights.py`."""
+        """`model`/`model_id` replace the configured weights (tests); by default they come from `weights.py`.
+
+        Raises ThresholdUnavailable when no Unknown threshold applies (see `recognition_threshold`), unless
+        not `threshold_needed` (enrolling and verifying never name anyone from the gallery)."""
         torch.set_num_threads(settings.torch_threads)
         if model is None:
             from facerec.recognition.weights import load_embedding_model, weights_id
@@ -71,6 +75,10 @@ class Recognizer:
         self.gallery.check_compatible(self.model_id, settings)
         self.base_gallery = self.gallery
         """The gallery given at start-up; people enrolled through the data tier are added to it."""
+        self.unknown_threshold: float | None = None
+        """Distance beyond which a face is Unknown; None: closed set (or not `threshold_needed`)."""
+        if threshold_needed:
+            self.unknown_threshold = recognition_threshold(settings, self.model_id, self.gallery.meta.unknown_threshold)
 
     def gallery_meta(self) -> GalleryMeta:
         """The metadata a gallery made by this recognizer records."""
@@ -79,6 +87,7 @@ class Recognizer:
             crop_size=self.settings.crop_size,
             margin=self.settings.margin,
             normalisation=NORMALISATION,
+            unknown_threshold=threshold if isinstance(threshold := self.settings.unknown_threshold, float) else None,
         )
 
     def warm_up(self) -> None:
@@ -89,13 +98,21 @@ class Recognizer:
         log.info("recognizer_warm", extra={"seconds": round(time.perf_counter() - started, 3)})
 
     def embed_crops(self, crops: torch.Tensor) -> np.ndarray:
-        """[B, 3, S, S] standardised crops -> [B, 512] unit embeddings, in forward passes of <= EMBED_CHUNK."""
+        """[B, 3, S, S] standardised crops -> [B, 512] unit embeddings, in forward passes of <= EMBED_CHUNK.
+
+        With `flip_tta` each embedding is the unit mean of the crop's and its mirror image's."""
         chunks = []
         step = min(self.settings.batch_max, EMBED_CHUNK)
         with torch.inference_mode():
             for start in range(0, len(crops), step):
                 batch = crops[start : start + step].contiguous(memory_format=torch.channels_last)
-                chunks.append(self.model(batch).float().numpy())
+                vectors = self.model(batch).float()
+                if self.settings.flip_tta:
+                    mirrored = torch.flip(batch, dims=[3]).contiguous(memory_format=torch.channels_last)
+                    vectors = unit(vectors.numpy()) + unit(self.model(mirrored).float().numpy())
+                    chunks.append(np.asarray(vectors))
+                    continue
+                chunks.append(vectors.numpy())
         if not chunks:
             return np.zeros((0, 512), dtype=np.float32)
         return unit(np.concatenate(chunks))
@@ -243,8 +260,10 @@ class Recognizer:
             # is decided where recognition would stop naming them (`Unknown`); without a recognition threshold
             # (never Unknown) the face-to-face one is the only calibrated boundary, and a stricter one, as a
             # mean lies nearer to each of the person's photos than two photos lie to each other.
-            threshold = recognition_threshold(self.settings, self.model_id) or verification_threshold(
-                self.settings, self.model_id
+            threshold = (
+                self.unknown_threshold
+                if self.unknown_threshold is not None
+                else verification_threshold(self.settings, self.model_id)
             )
         distance = float(np.linalg.norm(vectors[0].astype(np.float64) - reference.astype(np.float64)))
         return Verification(distance <= threshold, distance, threshold, tuple(faces))
@@ -286,12 +305,14 @@ class Recognizer:
             return FaceResult(UNKNOWN, None, face.box, face.probability, unknown=True)
         indices, distances = gallery.nearest(vector[None, :])
         distance = float(distances[0])
-        (nearest,) = gallery.candidates(vector[None, :], top_k)
-        candidates = tuple(Candidate(name, near) for name, near in nearest)
-        threshold = self.settings.unknown_threshold
-        if threshold is not None and distance > threshold:
-            return FaceResult(UNKNOWN, distance, face.box, face.probability, unknown=True, candidates=candidates)
-        return FaceResult(gallery.names[int(indices[0])], distance, face.box, face.probability, candidates=candidates)
+        (ranked,) = gallery.candidates(vector[None, :], top_k)
+        candidates = tuple(Candidate(name, near) for name, near in ranked)
+        nearest = gallery.names[int(indices[0])]
+        if self.unknown_threshold is not None and distance > self.unknown_threshold:
+            return FaceResult(
+                UNKNOWN, distance, face.box, face.probability, unknown=True, nearest=nearest, candidates=candidates
+            )
+        return FaceResult(nearest, distance, face.box, face.probability, nearest=nearest, candidates=candidates)
 
 
 def _area(face: FaceResult) -> float:

@@ -36,6 +36,8 @@ class FaceResult:
     faces: tuple[FaceResult, ...] = ()
     """Every face in the photo, largest first, the subject among them (only when asked for; each without
     `faces` of its own)."""
+    nearest: str | None = None
+    """The nearest gallery identity, also when the answer is Unknown (beyond the threshold)."""
 
 
 @dataclass(frozen=True, slots=True)

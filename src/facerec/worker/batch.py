@@ -177,6 +177,7 @@ def _result(face: FaceResult) -> RecognitionResult:
         unknown=face.unknown,
         candidates=[Candidate(name=c.name, distance=c.distance) for c in face.candidates] if face.candidates else None,
         faces=every if face.faces else None,
+        nearest=face.nearest,
     )
 
 

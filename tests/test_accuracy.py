@@ -14,8 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from facerec.bench.accuracy import verification_pairs
 from facerec.cli import main
+from facerec.recognition.calibration import verification_pairs
 from facerec.recognition.gallery import Gallery
 from facerec.recognition.images import decode_image
 from facerec.recognition.thresholds import CALIBRATED

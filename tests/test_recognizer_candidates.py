@@ -13,7 +13,7 @@ from PIL import Image
 from facerec.recognition import thresholds
 from facerec.recognition.detection import MAX_FACES_PER_IMAGE
 from facerec.recognition.gallery import Gallery
-from facerec.recognition.results import FaceResult, ImageRejected, Verification, VerifyInput, Wanted
+from facerec.recognition.results import UNKNOWN, FaceResult, ImageRejected, Verification, VerifyInput, Wanted
 from facerec.settings import Settings
 from facerec.testing import jpeg_bytes
 from tests.standin_model import STANDIN_ID, real_recognizer, standin_recognizer
@@ -161,5 +161,8 @@ def test_real_model_verifies_course_photos_and_finds_two_faces(  # type: ignore[
     stranger = others[sorted(others)[0]]
     (two,) = real.recognize([side_by_side(first, stranger)], [Wanted(top_k=1, all_faces=True)])
     assert isinstance(two, FaceResult) and len(two.faces) == 2
-    assert {face.name for face in two.faces} == {name}  # the only person enrolled
+    # The enrolled person is named; the stranger, far beyond the open-set threshold, is Unknown, with the only
+    # enrolled person still reported as the nearest.
+    assert sorted(face.name for face in two.faces) == sorted([name, UNKNOWN])
+    assert all(face.nearest == name for face in two.faces)
     assert min(face.candidates[0].distance for face in two.faces) < 0.5  # the enrolled photo itself

@@ -1,16 +1,6 @@
-"""`facerec bench accuracy`: open-set identification and 1:1 verification on lfw_small, with and without flip TTA.
-
-The identities (sorted by name) are split by index parity: even ones calibrate, odd ones are held out. In each
-half, identities alternate between enrolled (the first 3 photos make the gallery entry, less any that shows
-several faces, as `facerec enroll` does; the others are probes)
-and strangers (never enrolled; all their photos are probes), and then swap roles, so every identity serves as
-both. Verification uses all genuine pairs of a half and as many impostor pairs drawn with a fixed seed.
-
-A threshold is chosen on the calibration half by RULE (the lowest FAR + FRR, so that strangers and enrolled
-people weigh the same however many probes each has; the middle of a tie) and measured on the held-out half.
-Each photo is detected once and embedded twice (as it is and mirrored): the TTA embedding is the unit mean of
-the two.
-"""
+"""`facerec bench accuracy`: open-set identification and 1:1 verification on lfw_small, with and without flip TTA,
+by the protocol in `facerec.recognition.calibration` (calibrate on one half of the identities, measure on the
+other)."""
 
 from __future__ import annotations
 
@@ -24,7 +14,7 @@ from typing import Any
 import click
 import numpy as np
 
-from facerec.bench.model import DEFAULT_DATASETS
+from facerec.bench.options import datasets_option, json_option
 from facerec.recognition.calibration import (
     ENROLL_PHOTOS,
     RULE,
@@ -128,20 +118,8 @@ def embedding_cost(recognizer: Any, crops: Any) -> dict[str, Any]:
 
 
 @click.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("bench-results/accuracy.json"),
-    show_default=True,
-)
-@click.option(
-    "--datasets",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATASETS,
-    show_default=True,
-    help="Folder holding lfw_small/ (one sub-folder of photos per identity).",
-)
+@json_option(Path("bench-results/accuracy.json"))
+@datasets_option("Folder holding lfw_small/ (one sub-folder of photos per identity).")
 def command(json_path: Path, datasets: Path) -> None:
     """Calibrate the Unknown and verification thresholds on half of lfw_small and measure them on the other half,
     with and without flip test-time augmentation."""

@@ -19,11 +19,11 @@ from typing import Any
 import click
 import torch
 
+from facerec.bench.options import datasets_option, json_option
 from facerec.recognition.results import FaceResult
 from facerec.settings import Settings
 
 GFLOP_PER_FACE_AT_160 = 2.84  # InceptionResnetV1 forward pass, scales with the crop's area
-DEFAULT_DATASETS = Path(os.environ.get("FACEREC_DATASETS", "../shared/datasets"))
 BATCH_SIZES = (4, 8, 16, 32)
 
 
@@ -111,19 +111,8 @@ def peak_rss_mb() -> float:
 
 
 @click.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("bench-results/model.json"),
-    show_default=True,
-)
-@click.option(
-    "--datasets",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATASETS,
-    show_default=True,
-)
+@json_option(Path("bench-results/model.json"))
+@datasets_option()
 @click.option("--lfw-images", "lfw_count", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(

@@ -6,6 +6,7 @@ messages, and free-text fields are bounded in UTF-8 bytes.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Literal
 
@@ -21,11 +22,19 @@ SCHEMA_VERSION: Final = 1
 _TEXT_MAX_BYTES = 120
 
 
-def _clip_utf8(text: str, max_bytes: int = _TEXT_MAX_BYTES) -> str:
-    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+def _clip_json(text: str, max_bytes: int = _TEXT_MAX_BYTES) -> str:
+    """The longest prefix of `text` whose JSON string encoding (as messages are sent: UTF-8, control characters
+    escaped as 6-byte \\uXXXX) takes at most `max_bytes`: what bounds a message is its encoded size, and a hostile
+    filename of control characters grows 6x when escaped."""
+    size = 0
+    for index, char in enumerate(text):
+        size += len(json.dumps(char, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
+        if size > max_bytes:
+            return text[:index]
+    return text
 
 
-ClippedText = Annotated[str, AfterValidator(_clip_utf8)]
+ClippedText = Annotated[str, AfterValidator(_clip_json)]
 
 
 class InvalidMessage(ValueError):
@@ -48,7 +57,7 @@ class RecognitionRequest(_Message):
     id: str = Field(pattern=r"^[0-9a-f]{32}$", description="Request id (uuid4 hex).")
     input_key: str = Field(max_length=200)
     output_key: str = Field(max_length=200)
-    filename: ClippedText = Field("", description="The client's filename, clipped to 120 UTF-8 bytes.")
+    filename: ClippedText = Field("", description="The client's filename, clipped to 120 bytes as JSON.")
     enqueued_at: float = Field(description="Unix time the web tier sent the request.")
     deadline: float | None = Field(None, description="Unix time after which nobody waits for the answer.")
     kind: Literal["recognize", "enroll", "verify"] = Field(
@@ -170,7 +179,7 @@ class RecognitionResponse(_Message):
     verification: VerificationResult | None = Field(None, description="The answer to a `verify` request.")
     error: ResponseError | None = None
     timings: Timings | None = None
-    worker: Annotated[str, AfterValidator(lambda s: _clip_utf8(s, 64))] | None = None
+    worker: Annotated[str, AfterValidator(lambda s: _clip_json(s, 64))] | None = None
 
 
 def parse_request(body: str) -> RecognitionRequest:

@@ -143,6 +143,9 @@ async def test_malformed_multipart_is_400() -> None:
         ("x" * 300 + ".jpg", "x" * 120),
         ("Ωμέγα.jpg", "Ωμέγα"),
         ("..", "image"),
+        # Control characters grow 6x when JSON-escaped: this one used to overflow the 1024-byte message (a 500,
+        # and the stored image left behind).
+        ("\x01" * 120 + "A" * 64 + ".jpg", "A" * 64),
     ],
 )
 async def test_hostile_filenames_get_safe_keys_and_sensible_stems(filename: str, stem: str) -> None:
@@ -211,3 +214,42 @@ async def test_413_messages_name_the_numbers_and_the_setting() -> None:
     )
     assert bytes_over.status_code == 413
     assert bytes_over.text == "upload larger than the limit of 200000 bytes (setting FACEREC_MAX_UPLOAD_BYTES)"
+
+
+def test_request_text_is_clipped_by_its_encoded_size() -> None:
+    from facerec.messages import MAX_MESSAGE_BYTES, RecognitionRequest
+
+    for filename in ("\x01" * 500, "é" * 500, '"' * 500, "\u2028" * 500, "a" * 500):
+        request = RecognitionRequest(
+            id="0" * 32, input_key="k", output_key="o", filename=filename, enqueued_at=0.0, person=filename
+        )
+        assert filename.startswith(request.filename)
+        assert len(json.dumps(request.filename, ensure_ascii=False).encode()) - 2 <= 120
+        assert len(request.to_json().encode()) <= MAX_MESSAGE_BYTES
+
+
+async def test_a_message_the_queue_refuses_is_413_and_leaves_nothing() -> None:
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from facerec.adapters.memory import MemoryQueue
+    from facerec.ports import DataTier
+    from facerec.settings import Settings
+    from facerec.testing import memory_data_tier
+
+    @asynccontextmanager
+    async def tiny_request_queue(settings: Settings) -> AsyncIterator[DataTier]:
+        async with memory_data_tier(settings) as data:
+            # Smaller than any request message: the queue refuses every send with MessageTooLarge.
+            refusing = MemoryQueue(settings.req_queue, max_message_bytes=64)
+            yield DataTier(data.inputs, data.outputs, refusing, data.responses, data.dead_letters, data.gallery)
+
+    async with running_web(data_tier=tiny_request_queue) as web:
+        recognition = await web.client.post("/", **upload(PHOTO, "big.jpg"))
+        enrollment = await web.client.post(
+            "/v1/people/Ada/photos", files=[("photos", ("ada.jpg", PHOTO, "image/jpeg"))]
+        )
+        left = await web.data.inputs.list(), await web.data.gallery.list() if web.data.gallery else []
+    assert recognition.status_code == 413 and "too long to queue" in recognition.text
+    assert enrollment.status_code in (200, 413), enrollment.text
+    assert left == ([], [])

@@ -14,7 +14,7 @@ from starlette.types import Receive
 
 from facerec import keys, people
 from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse
-from facerec.ports import BlobStore, DataTier, PortError
+from facerec.ports import BlobStore, DataTier, MessageTooLarge, PortError
 from facerec.settings import Settings
 from facerec.web.errors import ServiceError
 from facerec.web.pending import PendingRequests
@@ -216,13 +216,20 @@ class RecognitionGateway:
     async def _store_and_send(
         self, store: BlobStore, store_label: str, upload: Upload, message: RecognitionRequest
     ) -> None:
-        """Put the image under `message.input_key`, then send the message; 503 naming whichever failed."""
+        """Check that the message fits the queue, put the image under `message.input_key`, then send the message;
+        413 when the request's text cannot be queued, 503 naming whichever store or queue failed."""
+        try:
+            body = message.to_json()
+        except ValueError:  # the field limits should make this unreachable: a 4xx, with nothing stored, if not
+            raise _unqueueable() from None
         await self._store(store, store_label, upload, message.input_key)
         try:
-            await self._data.requests.send(message.to_json())
-        except PortError as exc:
+            await self._data.requests.send(body)
+        except (PortError, MessageTooLarge) as exc:
             with contextlib.suppress(Exception):  # nobody will process it; do not leave an orphan input
                 await store.delete(message.input_key)
+            if isinstance(exc, MessageTooLarge):
+                raise _unqueueable() from None
             raise _unavailable("request queue", exc) from None
 
     @staticmethod
@@ -290,6 +297,12 @@ async def _discard(gallery: BlobStore, message: RecognitionRequest) -> None:
 def _unavailable(what: str, exc: PortError) -> ServiceError:
     log.warning("port_unavailable", extra={"port": what, "error": str(exc)[:200]})
     return ServiceError(503, "unavailable", f"{what} unavailable; retry shortly", {"Retry-After": RETRY_AFTER_S})
+
+
+def _unqueueable() -> ServiceError:
+    return ServiceError(
+        413, "request_too_large", "the request's text (its filename or person name) is too long to queue; shorten it"
+    )
 
 
 def _raise_worker_error(request_id: str, response: RecognitionResponse) -> None:

@@ -76,15 +76,20 @@ def _pickle_bytes(path: Path) -> bytes:
         raise GalleryFileError(f"cannot read gallery {path}: {exc.strerror or exc}") from None
 
 
-def gallery_names(path: str | Path) -> list[str]:
-    """The name of every entry in a gallery file, in file order (a name may repeat in a course data.pt)."""
-    path = Path(path)
+def _load(path: Path) -> Any:
+    """The gallery file's pickle, read with torch objects as inert placeholders; GalleryFileError if damaged."""
     try:
-        loaded = _NamesUnpickler(io.BytesIO(_pickle_bytes(path))).load()
+        return _NamesUnpickler(io.BytesIO(_pickle_bytes(path))).load()
     except GalleryFileError:
         raise
     except Exception as exc:  # a damaged pickle raises many unrelated types
         raise GalleryFileError(f"{path}: unreadable gallery: {exc}") from None
+
+
+def gallery_names(path: str | Path) -> list[str]:
+    """The name of every entry in a gallery file, in file order (a name may repeat in a course data.pt)."""
+    path = Path(path)
+    loaded = _load(path)
     if isinstance(loaded, dict) and loaded.get("format") == FORMAT_TAG:
         names = loaded.get("names")
     elif isinstance(loaded, list | tuple) and len(loaded) == 2:  # the course's [embeddings, names]
@@ -99,12 +104,7 @@ def gallery_names(path: str | Path) -> list[str]:
 def gallery_unknown_threshold(path: str | Path) -> float | None:
     """The Unknown threshold recorded in a facerec gallery file's metadata (None: none recorded, or a course file)."""
     path = Path(path)
-    try:
-        loaded = _NamesUnpickler(io.BytesIO(_pickle_bytes(path))).load()
-    except GalleryFileError:
-        raise
-    except Exception as exc:  # a damaged pickle raises many unrelated types
-        raise GalleryFileError(f"{path}: unreadable gallery: {exc}") from None
+    loaded = _load(path)
     meta = loaded.get("meta") if isinstance(loaded, dict) and loaded.get("format") == FORMAT_TAG else None
     recorded = meta.get("unknown_threshold") if isinstance(meta, dict) else None
     return float(recorded) if isinstance(recorded, int | float) else None

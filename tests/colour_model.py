@@ -116,7 +116,7 @@ async def service(models: list[ColourModel]) -> AsyncIterator[httpx.AsyncClient]
     app = create_app(settings, memory_data_tier, companions=[companion(m, i) for i, m in enumerate(models)])
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://web", timeout=30) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=30) as client:
             yield client
 
 

@@ -93,7 +93,7 @@ async def stack(
     app = create_app(settings, data_tier, companions=[companion])
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://web", timeout=30) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=30) as client:
             yield Stack(client, app.state.data, started[0])
 
 

@@ -124,6 +124,33 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On stop: how long the web tier drains requests and a worker finishes its batch."
     )
+    # -- web tier security and memory (security helper) --
+    require_key: Literal["none", "recognize"] = Field(
+        "none",
+        description="`recognize`: recognition and verification need a `recognize` (or `manage`) API key too. "
+        "Management (enroll, delete) always needs a `manage` key once one exists, and on a non-loopback host "
+        "even before (403 until `facerec keys create --role manage`).",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values the web tier answers (DNS-rebinding guard; `*` any, port ignored). Default: "
+        "`localhost,127.0.0.1,::1` when listening on loopback, any host otherwise (keys protect it then). "
+        "Comma-separated in the environment.",
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=1, description="Failed API key attempts per client address per minute before 429."
+    )
+    max_inflight_bytes: int = Field(
+        160 * 1024 * 1024,
+        ge=1,
+        description="Request bodies the web tier holds at once (by Content-Length; 503 + Retry-After beyond): "
+        "bounds its memory (about 2x this plus ~100 MB) for a small web host. At least one upload is always admitted.",
+    )
+    durable_writes: bool = Field(
+        True,
+        description="Local store: fsync each object and its directory before it counts as written (a power cut "
+        "cannot leave an empty record); see docs/benchmarks.md for the cost.",
+    )
     # -- web tier response polling (web helper) --
     web_response_pollers: int = Field(
         4, ge=1, le=64, description="Concurrent long-polls of the response queue (each receives up to 10)."
@@ -146,6 +173,14 @@ class Settings(BaseSettings):
             return "none"
         if isinstance(value, str) and not value.strip():
             return None  # FACEREC_UNKNOWN_THRESHOLD= (empty): as if unset
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            hosts = [host.strip() for host in value.split(",") if host.strip()]
+            return hosts or None
         return value
 
     @model_validator(mode="after")

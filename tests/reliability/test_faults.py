@@ -154,7 +154,7 @@ async def test_store_directory_removed_is_503_then_recovers(tmp_path: Path) -> N
     app = create_app(settings, companions=[lambda app, data: InstantWorker(data)])
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             upload = {"files": {"inputFile": ("a.jpg", jpeg_bytes(), "image/jpeg")}}
             assert (await client.post("/", **upload)).status_code == 200
             inputs = settings.data_dir / "blobs" / settings.in_bucket

@@ -97,7 +97,7 @@ async def test_burst_of_100_runs_exactly_15_instances_then_none(endpoint: str, e
         app = create_app(settings, memory_data_tier, companions=[service.companion, workers])
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://web", timeout=60) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60) as client:
                 stop = asyncio.Event()
 
                 async def sample() -> None:

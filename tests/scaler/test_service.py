@@ -82,7 +82,7 @@ async def served(fleet: FakeFleet, config: Settings) -> AsyncIterator[tuple[Fast
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://web", timeout=30) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=30) as client:
             yield app, client
 
 

@@ -50,7 +50,7 @@ async def running_web(
     app = create_app(settings, data_tier, companions=companions, **(app_kwargs or {}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://web", timeout=30) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=30) as client:
             yield Web(app, client, app.state.data)
 
 

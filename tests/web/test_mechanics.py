@@ -183,7 +183,11 @@ async def test_dead_lettered_request_is_502_not_a_hang() -> None:
         reply = await web.client.post("/v1/recognitions", **upload(PHOTO))
         assert (await web.data.dead_letters.stats()).visible == 0  # acknowledged
     assert reply.status_code == 502
-    assert reply.json()["error"] == {"code": "dead_lettered", "message": "processing failed repeatedly"}
+    assert reply.json()["error"] == {
+        "code": "dead_lettered",
+        "message": "processing failed repeatedly",
+        "request_id": reply.headers["x-request-id"],
+    }
     assert time.monotonic() - started < 5
 
 

@@ -84,7 +84,7 @@ async def test_shutdown_waits_for_in_flight_requests_then_closes() -> None:
     settings = web_settings(shutdown_grace_s=5)
     app = create_app(settings, memory_data_tier, companions=[lambda app, data: _GatedWorker(data, gate)])
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         request = asyncio.create_task(client.post("/", **upload(PHOTO, "late.jpg")))
@@ -151,7 +151,7 @@ def test_serving_requests_never_imports_torch(tmp_path: Path) -> None:
             Image.new("RGB", (32, 32)).save(buffer, format="PNG")
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+                async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                     reply = await client.post("/", files={"inputFile": ("x.png", buffer.getvalue())})
                     assert reply.status_code == 200, reply.text
                     await client.get("/metrics")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -14,9 +15,12 @@ from facerec.messages import MAX_TOP_K, Box, Candidate, FaceRecord, VerifiedFace
 from facerec.people import InvalidPersonName, normalise_name
 from facerec.ports import DataTier
 from facerec.web.access_log import request_id
+from facerec.web.auth import authorize
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import Answer, RecognitionGateway
 from facerec.web.uploads import PERSON_FIELD, UPLOAD_FIELD, multipart_body, read_upload, read_verification
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -32,12 +36,16 @@ _UPLOAD_BODY = multipart_body(
 )
 
 _ERRORS: dict[int, str] = {
-    400: "Empty file or malformed multipart body.",
+    400: "Empty file, malformed multipart body, or more than one Authorization header.",
+    401: "An API key is required (`FACEREC_REQUIRE_KEY=recognize`) or the one sent is not valid.",
+    403: "A key without the needed role, or a foreign Origin / Host (the browser guard).",
+    429: "Too many failed API key attempts from this address (Retry-After).",
     413: "Upload over `max_upload_bytes`, or an image with too many pixels.",
     415: "Not an image (checked by content, not by name), or an image that cannot be decoded.",
     422: "No file in multipart field `inputFile`.",
     502: "The worker failed to process the image (also after repeated attempts: dead-lettered).",
-    503: "Overloaded (Retry-After), shutting down, or the image store / request queue is unavailable.",
+    503: "Overloaded by requests or upload bytes (Retry-After), shutting down, or the image store / request queue "
+    "is unavailable (the body names the request id under which the details are logged).",
     504: "No answer before `request_deadline_s`.",
 }
 
@@ -208,6 +216,7 @@ def _gateway(request: Request) -> RecognitionGateway:
 
 
 async def _recognize(request: Request, top_k: int | None = None, all_faces: bool = False) -> Answer:
+    await authorize(request, "recognize")
     gateway = _gateway(request)
     gateway.admit()  # refuse before reading an upload we would not process
     upload = await read_upload(request, request.app.state.settings.max_upload_bytes)
@@ -300,6 +309,7 @@ async def recognize_json(
     openapi_extra=_VERIFY_BODY,
 )
 async def verify(request: Request) -> VerificationOut:
+    await authorize(request, "recognize")
     gateway = _gateway(request)
     gateway.admit()  # refuse before reading uploads we would not process
     form = await read_verification(request, request.app.state.settings.max_upload_bytes)
@@ -357,14 +367,22 @@ async def readyz(request: Request) -> JSONResponse:
         *(asyncio.wait_for(check, CHECK_TIMEOUT_S) for check in checks.values()), return_exceptions=True
     )
     status = {name: _check_status(result) for name, result in zip(checks, results, strict=True)}
+    for name, result in zip(checks, results, strict=True):
+        if isinstance(result, BaseException):  # the details stay in the log: the probe is unauthenticated
+            log.warning(
+                "readiness_check_failed",
+                extra={"check": name, "error": str(result)[:300] or type(result).__name__},
+            )
     status["response_poller"] = "ok" if request.app.state.poller.running else "stopped"
     ready = all(value == "ok" for value in status.values()) and _gateway(request).accepting
     return JSONResponse({"ready": ready, "checks": status}, status_code=200 if ready else 503)
 
 
 def _check_status(result: object) -> str:
+    if isinstance(result, TimeoutError):
+        return "unavailable: no answer in time"
     if isinstance(result, BaseException):
-        return f"unavailable: {str(result)[:120] or type(result).__name__}"
+        return "unavailable"
     return "ok"
 
 

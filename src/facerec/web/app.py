@@ -11,10 +11,13 @@ from fastapi import FastAPI
 from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.settings import Settings, get_settings
 from facerec.web.access_log import AccessLog
+from facerec.web.admission import ByteBudget, InflightBytes
 from facerec.web.api import router
+from facerec.web.auth import FailedAttempts
 from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
+from facerec.web.guard import BrowserGuard
 from facerec.web.metrics import MetricsMiddleware, WebMetrics, WorkerCount
 from facerec.web.page import page_router
 from facerec.web.pending import PendingRequests
@@ -99,17 +102,20 @@ def create_app(
     app.state.settings = settings
     app.state.pending = pending
     app.state.metrics = metrics
+    app.state.failed_key_attempts = FailedAttempts(settings.auth_failures_per_minute)
     app.state.gallery_file_people = load_gallery_file_people(settings.gallery)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(people_router)
     app.include_router(page_router)
-    # Outermost first: metrics see every status, including the size guard's early 413.
+    # Each add_middleware wraps the previous ones: the last added is outermost. Metrics see every status,
+    # including the size guard's early 413 and the byte budget's 503; the browser guard refuses before either.
+    max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     app.add_middleware(
-        BodySizeLimit,
-        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
-        file_limit=settings.max_upload_bytes,
+        InflightBytes, budget=ByteBudget(settings.max_inflight_bytes, metrics), max_body_bytes=max_body_bytes
     )
+    app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes, file_limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BrowserGuard, settings=settings)
     app.add_middleware(AccessLog)
     return app

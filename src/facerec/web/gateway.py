@@ -240,6 +240,7 @@ class RecognitionGateway:
             with contextlib.suppress(Exception):  # a put that failed late may still have stored the object
                 await store.delete(key)
             raise _unavailable(store_label, exc) from None
+        upload.release()
 
     async def _await_answer(
         self,
@@ -295,8 +296,14 @@ async def _discard(gallery: BlobStore, message: RecognitionRequest) -> None:
 
 
 def _unavailable(what: str, exc: PortError) -> ServiceError:
-    log.warning("port_unavailable", extra={"port": what, "error": str(exc)[:200]})
-    return ServiceError(503, "unavailable", f"{what} unavailable; retry shortly", {"Retry-After": RETRY_AFTER_S})
+    # The backend's words (paths, ARNs, account ids) go to the log with the request id, not to the client.
+    return ServiceError(
+        503,
+        "unavailable",
+        f"{what} unavailable; retry shortly",
+        {"Retry-After": RETRY_AFTER_S},
+        detail=f"{what}: {str(exc)[:300]}",
+    )
 
 
 def _unqueueable() -> ServiceError:

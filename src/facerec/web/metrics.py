@@ -42,6 +42,15 @@ class WebMetrics:
         self.queue_depth = Gauge(
             "facerec_request_queue_depth", "Request queue messages, visible plus in flight.", registry=self.registry
         )
+        self.auth_failures = Counter(
+            "facerec_auth_failures",
+            "Refused API key attempts: `invalid` or `malformed` key, or `rate_limited` (429, not checked).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upload_bytes_in_flight = Gauge(
+            "facerec_upload_bytes_in_flight", "Request body bytes admitted and not yet stored.", registry=self.registry
+        )
         self.workers = Gauge("facerec_workers", "App-tier workers pending or running.", registry=self.registry)
 
     async def render(self, request_queue: MessageQueue, timeout_s: float = 2.0) -> bytes:

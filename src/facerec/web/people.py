@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from facerec import people, validation
 from facerec.gallery_file import GalleryFileError, gallery_people
 from facerec.ports import BlobStore, PortError
+from facerec.web.auth import authorize
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import RecognitionGateway
 from facerec.web.uploads import multipart_body, read_photos
@@ -77,7 +78,11 @@ class EnrollmentOut(BaseModel):
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        400: "Malformed multipart body, or more than 10 photos.",
+        400: "Malformed multipart body, more than 10 photos, or more than one Authorization header.",
+        401: "A `manage` API key is needed (one exists) or the key sent is not valid.",
+        403: "A key without the needed role; no `manage` key exists on a non-loopback server; or a foreign "
+        "Origin / Host (the browser guard).",
+        429: "Too many failed API key attempts from this address (Retry-After).",
         404: "No such person.",
         409: "The person comes from the gallery file, which the API cannot change.",
         413: "The request body is larger than the upload limit.",
@@ -85,6 +90,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         501: "This deployment has no gallery store.",
         503: "The gallery store or the request queue is unavailable, or the service is overloaded.",
     }
+    statuses = tuple(sorted({*statuses, 400, 401, 403, 429}))
     return {status: {"description": descriptions[status], "model": ErrorBody} for status in statuses}
 
 
@@ -121,11 +127,19 @@ def _name(name: str) -> str:
 
 
 def _unavailable(exc: PortError) -> ServiceError:
-    return ServiceError(503, "unavailable", f"gallery store unavailable: {str(exc)[:120]}", {"Retry-After": "1"})
+    # The backend's words (paths, ARNs, account ids) go to the log with the request id, not to the client.
+    return ServiceError(
+        503,
+        "unavailable",
+        "the gallery store is unavailable; retry shortly",
+        {"Retry-After": "1"},
+        detail=f"gallery store: {str(exc)[:300]}",
+    )
 
 
 @router.get("", response_model=PeopleOut, summary="List enrolled people", responses=_errors(501, 503))
 async def list_people(request: Request) -> PeopleOut:
+    await authorize(request, "recognize")
     try:
         enrolled = await people.enrolled_people(_store(request))
     except PortError as exc:
@@ -158,6 +172,7 @@ async def list_people(request: Request) -> PeopleOut:
     openapi_extra=multipart_body(PHOTO_FIELD, {"type": "array", "items": {"type": "string", "format": "binary"}}),
 )
 async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
+    await authorize(request, "manage")
     person = _name(name)
     store = _store(request)
     gateway: RecognitionGateway = request.app.state.gateway
@@ -200,6 +215,7 @@ async def enroll_photos(name: str, request: Request) -> EnrollmentOut:
     responses=_errors(404, 409, 422, 501, 503),
 )
 async def delete_person(name: str, request: Request) -> Response:
+    await authorize(request, "manage")
     person = _name(name)
     try:
         deleted = await people.forget_person(_store(request), person)

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facerec.web.admission import Reservation, reservation
 from facerec.web.errors import ServiceError, error_response
 from facerec.web.forms import request_form
 
@@ -42,11 +43,21 @@ def multipart_body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Upload:
     filename: str
     data: bytes
     content_type: str
+    reservation: Reservation | None = None
+    """The request's hold on the web tier's byte budget (`facerec.web.admission`)."""
+
+    def release(self) -> None:
+        """Drop the bytes once they are stored: the web tier keeps no copy of an upload while it waits for the
+        answer, and gives the bytes back to the admission budget."""
+        size = len(self.data)
+        self.data = b""
+        if self.reservation is not None:
+            self.reservation.release(size)
 
 
 def too_large(limit: int) -> ServiceError:
@@ -112,7 +123,11 @@ async def read_photos(
             for part in parts:
                 filename = part.filename or ""
                 try:
-                    uploads.append(checked_image(filename, await part.read(max_bytes + 1), max_bytes, field))
+                    uploads.append(
+                        checked_image(
+                            filename, await part.read(max_bytes + 1), max_bytes, field, reservation(request.scope)
+                        )
+                    )
                 except ServiceError as exc:
                     rejected.append(RejectedFile(filename, exc.message))
     except StarletteHTTPException as exc:  # malformed multipart, or more files than allowed
@@ -136,10 +151,10 @@ async def read_upload(request: Request, max_bytes: int, field: str = UPLOAD_FIEL
             filename = part.filename or ""
     except StarletteHTTPException as exc:  # malformed multipart
         raise ServiceError(400, "bad_multipart", f"could not parse the multipart body: {exc.detail}") from None
-    return checked_image(filename, data, max_bytes, field)
+    return checked_image(filename, data, max_bytes, field, reservation(request.scope))
 
 
-def checked_image(filename: str, data: bytes, max_bytes: int, field: str) -> Upload:
+def checked_image(filename: str, data: bytes, max_bytes: int, field: str, held: Reservation | None = None) -> Upload:
     """An upload whose bytes are a supported image within the limit (read up to `max_bytes + 1` to tell);
     raises ServiceError 413/400/415 otherwise."""
     if len(data) > max_bytes:
@@ -151,7 +166,7 @@ def checked_image(filename: str, data: bytes, max_bytes: int, field: str) -> Upl
         raise ServiceError(
             415, "not_an_image", "the upload is not a JPEG, PNG, WebP, BMP, GIF or TIFF image (by its content)"
         )
-    return Upload(filename=filename, data=data, content_type=content_type)
+    return Upload(filename=filename, data=data, content_type=content_type, reservation=held)
 
 
 VERIFY_FIELDS = ("image1", "image2")
@@ -190,9 +205,10 @@ async def read_verification(request: Request, max_bytes: int) -> VerificationFor
                 raise ServiceError(
                     422, "bad_form", "give a second photo in 'image2' or an enrolled person's name in 'person'"
                 )
-            image1 = checked_image(first.filename or "", await first.read(max_bytes + 1), max_bytes, "image1")
+            held = reservation(request.scope)
+            image1 = checked_image(first.filename or "", await first.read(max_bytes + 1), max_bytes, "image1", held)
             image2 = (
-                checked_image(second.filename or "", await second.read(max_bytes + 1), max_bytes, "image2")
+                checked_image(second.filename or "", await second.read(max_bytes + 1), max_bytes, "image2", held)
                 if isinstance(second, UploadFile)
                 else None
             )

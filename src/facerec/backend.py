@@ -43,9 +43,11 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
 
     data_dir = _make_directory(settings.data_dir)
-    inputs = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.in_bucket), settings.in_bucket)
-    outputs = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.out_bucket), settings.out_bucket)
-    gallery = LocalBlobStore(_make_directory(data_dir / "blobs" / settings.gallery_bucket), settings.gallery_bucket)
+
+    def store(bucket: str) -> LocalBlobStore:
+        return LocalBlobStore(_make_directory(data_dir / "blobs" / bucket), bucket, durable=settings.durable_writes)
+
+    inputs, outputs, gallery = store(settings.in_bucket), store(settings.out_bucket), store(settings.gallery_bucket)
     database = await SqliteDatabase.open(data_dir / QUEUE_DB_NAME)
     try:
         common: _QueueLimits = {

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 RECEIVE_MAX = 10
 WAIT_MAX_S = 20.0
 BUSY_TIMEOUT_MS = 10_000
+CHECK_BUSY_TIMEOUT_S = 0.5
+"""The readiness probe's own busy timeout: a probe answers within seconds, whatever holds the database."""
 POLL_FAST_S = 0.001
 POLL_IDLE_S = 0.005
 FAST_AFTER_CHANGE_S = 0.2
@@ -197,6 +199,10 @@ class SqliteDatabase:
             await database.aclose()
             raise
         return database
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def watcher(self) -> _ChangeWatcher:
@@ -437,10 +443,25 @@ class SqliteQueue:
         return await self.database.run(query)
 
     async def check(self) -> None:
-        def probe(c: sqlite3.Connection) -> None:
-            # Taking the write lock proves the file is writable, not just readable.
-            c.execute("BEGIN IMMEDIATE")
-            c.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
-            c.execute("ROLLBACK")
+        """A read on a connection of its own, opened read-only with a short busy timeout and always closed: a
+        probe takes no write lock, cannot leave a transaction open, and never queues behind (or stalls) this
+        process's queue work on the database thread. In WAL mode a read does not wait for writers."""
+        path = self.database.path
 
-        await self.database.run(probe)
+        def probe() -> None:
+            try:
+                connection = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=CHECK_BUSY_TIMEOUT_S
+                )
+            except sqlite3.Error as exc:
+                raise PortError(f"queue database {path}: {exc}") from exc
+            try:
+                connection.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                raise PortError(f"queue database {path}: {exc}") from exc
+            finally:
+                connection.close()
+
+        if self.database.closed:
+            raise PortError(f"queue database {path} is closed")
+        await asyncio.to_thread(probe)

@@ -16,6 +16,7 @@ _COMMANDS: dict[str, str] = {
     "serve": "facerec.cli.serve:serve",
     "aws": "facerec.cli.aws:aws",
     "bench": "facerec.cli.bench:bench",
+    "keys": "facerec.cli.keys:keys",
 }
 
 

@@ -111,9 +111,8 @@ def create_app(
     # Each add_middleware wraps the previous ones: the last added is outermost. Metrics see every status,
     # including the size guard's early 413 and the byte budget's 503; the browser guard refuses before either.
     max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    app.add_middleware(
-        InflightBytes, budget=ByteBudget(settings.max_inflight_bytes, metrics), max_body_bytes=max_body_bytes
-    )
+    app.state.upload_budget = ByteBudget(settings.max_inflight_bytes, metrics)
+    app.add_middleware(InflightBytes, budget=app.state.upload_budget, max_body_bytes=max_body_bytes)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes, file_limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BrowserGuard, settings=settings)

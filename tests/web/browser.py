@@ -17,7 +17,7 @@ import uvicorn
 
 from facerec.messages import RecognitionRequest, RecognitionResponse, RecognitionResult, Timings
 from facerec.testing import InstantWorker, memory_data_tier
-from facerec.web.app import create_app
+from facerec.web.app import DataTierFactory, create_app
 from tests.web.harness import web_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,14 +73,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(answer: Callable[[RecognitionRequest, bytes], RecognitionResponse], **settings: Any) -> Iterator[str]:
+def serving(
+    answer: Callable[[RecognitionRequest, bytes], RecognitionResponse],
+    data_tier: DataTierFactory = memory_data_tier,
+    **settings: Any,
+) -> Iterator[str]:
     """The real app (in-memory data tier, fake worker) on a free 127.0.0.1 port; yields its base URL.
 
     A thread rather than a subprocess: the test can register answers on the worker while the server runs,
     and there is no interpreter start-up to wait for."""
-    app = create_app(
-        web_settings(**settings), memory_data_tier, companions=[lambda app, data: InstantWorker(data, answer)]
-    )
+    app = create_app(web_settings(**settings), data_tier, companions=[lambda app, data: InstantWorker(data, answer)])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="page-test-uvicorn", daemon=True)

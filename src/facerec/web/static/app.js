@@ -29,6 +29,71 @@ const COMPARE_FAILURES = {
   504: "That took too long. Please try again.",
 };
 
+const KEY_NEEDED = "This server needs an API key for that. Enter it in the box at the top of the page, then try again.";
+for (const failures of [RECOGNIZE_FAILURES, ENROLL_FAILURES, COMPARE_FAILURES]) failures[401] = KEY_NEEDED;
+
+// The API key, when the server asks for one: kept in this tab's session storage only (gone when the tab
+// closes, never sent anywhere but this server's own API).
+const KEY_STORAGE = "facerec.apiKey";
+
+function storedKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_STORAGE);
+  } catch {
+    return null; // storage disabled: the key cannot be kept
+  }
+}
+
+// `fetch` for this server's API: sends the key when one is set, and asks for one on 401.
+async function apiFetch(url, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = storedKey();
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  const response = await fetch(url, { ...options, headers });
+  if (response.status === 401) {
+    askForKey(key ? "That key was not accepted (wrong, revoked, or without the right role). Enter another one." : "This server needs an API key.");
+  }
+  return response;
+}
+
+function askForKey(message) {
+  $("key-panel").hidden = false;
+  setStatus($("key-status"), message, "warning");
+}
+
+function setUpKey() {
+  const panel = $("key-panel");
+  const input = $("api-key");
+  panel.hidden = !storedKey();
+  if (storedKey()) setStatus($("key-status"), "A key is set for this tab.", "info");
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = input.value.trim();
+    if (!key) {
+      setStatus($("key-status"), "Please paste the key first.", "error");
+      input.focus();
+      return;
+    }
+    try {
+      window.sessionStorage.setItem(KEY_STORAGE, key);
+    } catch {
+      setStatus($("key-status"), "This browser does not let the page keep the key.", "error");
+      return;
+    }
+    input.value = "";
+    setStatus($("key-status"), "Key set for this tab only. Try again.", "success");
+    refreshPeople();
+  });
+  $("key-forget").addEventListener("click", () => {
+    try {
+      window.sessionStorage.removeItem(KEY_STORAGE);
+    } catch {
+      // nothing was kept
+    }
+    setStatus($("key-status"), "Key forgotten.", "info");
+  });
+}
+
 // How many candidates the page asks for per face.
 const TOP_K = 3;
 
@@ -195,7 +260,7 @@ async function recognize(file) {
   form.append("inputFile", file, file.name);
   let response;
   try {
-    response = await fetch(`/v1/recognitions?top_k=${TOP_K}`, { method: "POST", body: form });
+    response = await apiFetch(`/v1/recognitions?top_k=${TOP_K}`, { method: "POST", body: form });
   } catch {
     if (sequence === recognizer.sequence) showRecognizeFailure(UNREACHABLE);
     return;
@@ -263,7 +328,7 @@ async function compare(event) {
   setStatus($("compare-status"), "Comparing…", "busy");
   let response;
   try {
-    response = await fetch("/v1/verifications", { method: "POST", body: form });
+    response = await apiFetch("/v1/verifications", { method: "POST", body: form });
   } catch {
     if (sequence === comparison.sequence) showCompareFailure(UNREACHABLE);
     return;
@@ -362,7 +427,7 @@ async function enroll(event) {
   button.disabled = true;
   setStatus(status, `Enrolling ${name} with ${plural(photos.length, "photo")}…`, "busy");
   try {
-    const response = await fetch(`${personUrl(name)}/photos`, { method: "POST", body: form });
+    const response = await apiFetch(`${personUrl(name)}/photos`, { method: "POST", body: form });
     if (!response.ok) {
       const fallback = failureMessage(ENROLL_FAILURES, response.status, response.headers.get("Retry-After"));
       // The server's own words explain enrollment refusals (e.g. an unusable name) better than a generic line.
@@ -413,7 +478,7 @@ async function refreshPeople() {
   const list = $("people-list");
   let response;
   try {
-    response = await fetch("/v1/people", { headers: { Accept: "application/json" } });
+    response = await apiFetch("/v1/people", { headers: { Accept: "application/json" } });
   } catch {
     setStatus(status, UNREACHABLE, "error");
     return;
@@ -447,7 +512,7 @@ async function removePerson(person) {
   const status = $("people-status");
   let response;
   try {
-    response = await fetch(personUrl(person.name), { method: "DELETE" });
+    response = await apiFetch(personUrl(person.name), { method: "DELETE" });
   } catch {
     setStatus(status, UNREACHABLE, "error");
     return;
@@ -463,6 +528,7 @@ async function removePerson(person) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setUpKey();
   setUpRecognize();
   setUpCompare();
   $("enroll-form").addEventListener("submit", enroll);

@@ -144,10 +144,23 @@ async def _drive(base_url: str, requests: int, concurrency: int, runs: int) -> l
     default=Path("bench-web.json"),
     help="JSON report.",
 )
+@click.option(
+    "--durable-writes/--no-durable-writes",
+    default=True,
+    show_default=True,
+    help="Local store: fsync each object and its directory (the service's default) or not, to measure the cost.",
+)
 @click.option("--serve-port", type=int, default=None, hidden=True)
 @click.option("--data-dir", type=str, default=None, hidden=True)
 def command(
-    total: int, concurrency: int, runs: int, backend: str, out: Path, serve_port: int | None, data_dir: str | None
+    total: int,
+    concurrency: int,
+    runs: int,
+    backend: str,
+    out: Path,
+    durable_writes: bool,
+    serve_port: int | None,
+    data_dir: str | None,
 ) -> None:
     """Web tier throughput and latency against a fake worker that answers instantly."""
     if backend == "auto":
@@ -161,7 +174,7 @@ def command(
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="facerec-bench-web-"))
         argv = [sys.executable, "-m", "facerec", "bench", "web", f"--serve-port={port}", f"--backend={backend}"]
         argv.append(f"--data-dir={tmp}")
-        env = {**os.environ, "FACEREC_BACKEND": "local"}
+        env = {**os.environ, "FACEREC_BACKEND": "local", "FACEREC_DURABLE_WRITES": str(durable_writes).lower()}
         server = subprocess.Popen(argv, env=env)
         stack.callback(server.wait, 10)
         stack.callback(server.terminate)
@@ -170,6 +183,7 @@ def command(
     summary = {
         "benchmark": "web",
         "backend": backend,
+        "durable_writes": durable_writes,
         "server": "uvicorn 127.0.0.1 (subprocess), fake instant worker in the server process",
         "runs": results,
         "median_requests_per_s": statistics.median(r["requests_per_s"] for r in results),
@@ -183,7 +197,8 @@ def command(
             f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, errors {run['errors']}, wrong {run['wrong_answers']}"
         )
     click.echo(
-        f"median ({backend}): {summary['median_requests_per_s']} req/s, p50 {summary['median_p50_ms']} ms, "
+        f"median ({backend}, durable writes {'on' if durable_writes else 'off'}): "
+        f"{summary['median_requests_per_s']} req/s, p50 {summary['median_p50_ms']} ms, "
         f"p99 {summary['median_p99_ms']} ms"
     )
     out.write_text(json.dumps(summary, indent=2))

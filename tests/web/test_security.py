@@ -205,3 +205,9 @@ async def test_gallery_store_errors_do_not_leak_either(monkeypatch: pytest.Monke
         assert reply.status_code == 503, reply.text
         assert "123456789012" not in reply.text and "/var/lib" not in reply.text
         assert reply.json()["error"]["request_id"] == reply.headers["x-request-id"]
+
+
+async def test_a_loopback_server_behind_a_proxy_for_public_names_also_needs_a_manage_key() -> None:
+    async with running_web(allowed_hosts=["faces.example.org"]) as web:
+        refused = await web.client.delete("/v1/people/Ada", headers={"Host": "faces.example.org"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "no_manage_key"

@@ -2,8 +2,8 @@
 
 - Recognition is open unless `require_key=recognize`; then it needs a `recognize` or `manage` key.
 - Management (enroll, delete) needs a `manage` key once one exists. Before that it is open on a loopback host
-  (this machine only; the browser guard stops foreign pages) and refused with 403 anywhere else, with the
-  command that makes a key.
+  that answers only loopback names (this machine only; the browser guard stops foreign pages) and refused with
+  403 anywhere else (`is_exposed`), with the command that makes a key.
 - Failed attempts are counted per client address; past `auth_failures_per_minute` the address gets 429 until
   its oldest failure is a minute old, so a key cannot be guessed by brute force (it is 256 random bits anyway).
 """
@@ -38,6 +38,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_exposed(settings: Settings) -> bool:
+    """Whether other machines can reach the service: it listens beyond loopback, or it is told to answer for
+    other host names (a TLS proxy in front of a loopback listener forwards the world's requests)."""
+    hosts = settings.allowed_hosts or []
+    return not is_loopback(settings.host) or any(host == "*" or not is_loopback(host) for host in hosts)
 
 
 class FailedAttempts:
@@ -136,11 +143,11 @@ async def authorize(request: Request, needed: Role) -> KeyRecord | None:
         raise ServiceError(
             503, "unavailable", "the key store is unavailable; retry shortly", {"Retry-After": "1"}, detail=str(exc)
         ) from None
-    if not is_loopback(settings.host):
+    if is_exposed(settings):
         raise ServiceError(
             403,
             "no_manage_key",
-            f"managing people is off while this server listens on {settings.host} and no `manage` key exists: "
+            "managing people is off on a server reachable from other machines until a `manage` key exists: "
             f"run `{CREATE_MANAGE_KEY}` on the server and send the key as `Authorization: Bearer <key>`",
         )
     return None

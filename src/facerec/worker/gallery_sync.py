@@ -28,6 +28,8 @@ class GallerySync:
         self._records: dict[str, EmbeddingRecord | None] = {}
         """Key -> its record; None for a record this model cannot use (other weights or settings)."""
         self._applied: frozenset[str] | None = None
+        self._invalid: set[str] = set()
+        """Keys whose record could not be parsed when last read (read again at every refresh)."""
 
     async def refresh(self) -> bool:
         """Bring the recognizer up to date; True if its people changed."""
@@ -37,25 +39,32 @@ class GallerySync:
         keys = {key for key in await self._store.list(EMBEDDINGS) if parse_embedding_key(key)}
         for key in set(self._records) - keys:
             del self._records[key]
+        self._invalid &= keys
         fields = self._recognizer.embedding_fields()
         for key in sorted(keys - set(self._records)):
+            record: EmbeddingRecord | None
             try:
                 record = EmbeddingRecord.model_validate_json(await self._store.get(key))
             except BlobNotFound:
                 continue  # deleted between the listing and now
             except ValueError:
-                log.warning("gallery_record_invalid", extra={"key": key})
-                record = None
+                # Not cached: a record torn or emptied by a crash may be rewritten under the same key, and must
+                # then be read again (logged once per key, not at every refresh).
+                if key not in self._invalid:
+                    log.warning("gallery_record_invalid", extra={"key": key})
+                self._invalid.add(key)
+                continue
+            self._invalid.discard(key)
             if record is not None and any(getattr(record, name) != value for name, value in fields.items()):
                 log.warning("gallery_record_other_model", extra={"key": key, "weights": record.weights})
                 record = None
             self._records[key] = record
         usable: dict[str, EmbeddingRecord] = {}
-        for key, record in self._records.items():
+        for key, cached in self._records.items():
             parsed = parse_embedding_key(key)
-            if record is None or parsed is None or record.generation != generations.get(parsed[0]):
+            if cached is None or parsed is None or cached.generation != generations.get(parsed[0]):
                 continue  # another model's, or of a generation since superseded by a delete
-            usable[key] = record
+            usable[key] = cached
         current = frozenset(usable)
         if current == self._applied:
             return False

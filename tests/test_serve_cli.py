@@ -90,3 +90,10 @@ def test_serve_prints_the_banner_with_the_gallery_it_loaded(tmp_path: Path) -> N
     health = [line for line in lines if line.get("path") == "/healthz"]
     assert [(line["event"], line["status"]) for line in health] == [("http_request", 200)]
     assert not [line for line in lines if line["logger"] == "uvicorn.access" or "color_message" in line]
+
+
+def test_banner_says_management_needs_a_key_only_when_other_machines_can_reach_it(tmp_path: Path) -> None:
+    public = "\n".join(banner(Settings(data_dir=tmp_path, host="0.0.0.0"), None))
+    loopback = "\n".join(banner(Settings(data_dir=tmp_path), None))
+    assert "facerec keys create --role manage" in public
+    assert "keys" not in loopback

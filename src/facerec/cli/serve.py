@@ -21,6 +21,7 @@ from facerec.gallery_file import GalleryFileError, gallery_people, gallery_unkno
 from facerec.logs import configure_logging
 from facerec.recognition.thresholds import ThresholdUnavailable, describe_recognition_threshold
 from facerec.settings import Settings
+from facerec.web.auth import is_exposed
 
 
 def export_for_workers(overrides: dict[str, Any]) -> None:
@@ -79,6 +80,12 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: 
     where = "subprocesses on this machine" if settings.backend == "local" else "EC2 instances"
     scaled = f"{settings.min_workers}..{settings.max_workers}"
     lines.append(f"workers: {scaled} ({where}, scaled with the requests in flight)")
+    if is_exposed(settings):
+        # Said at start-up: enrolling and deleting answer 403 until a manage key exists (README, Security).
+        lines.append(
+            "access: reachable from other machines; enrolling and deleting people need a manage key "
+            "(`facerec keys create --role manage`)"
+        )
     lines.append(f"try: curl -F inputFile=@photo.jpg {url}/   (Ctrl-C stops the service and its workers)")
     return lines
 

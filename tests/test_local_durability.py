@@ -106,3 +106,19 @@ async def test_a_probe_of_a_broken_database_fails_with_port_error_and_holds_noth
         writer.close()
     finally:
         await database.aclose()
+
+
+@pytest.mark.parametrize(
+    ("mode", "gallery", "requests"), [("gallery", True, False), ("all", True, True), ("off", False, False)]
+)
+async def test_durable_writes_names_the_stores_that_fsync(
+    tmp_path: Path, mode: str, gallery: bool, requests: bool
+) -> None:
+    from facerec.backend import open_local_data_tier
+    from facerec.settings import Settings
+
+    async with open_local_data_tier(Settings(data_dir=tmp_path, durable_writes=mode)) as data:
+        stores = [data.gallery, data.inputs, data.outputs]
+    assert all(isinstance(store, LocalBlobStore) for store in stores)
+    durability = [store.durable for store in stores if isinstance(store, LocalBlobStore)]
+    assert durability == [gallery, requests, requests]

@@ -44,10 +44,12 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
 
     data_dir = _make_directory(settings.data_dir)
 
-    def store(bucket: str) -> LocalBlobStore:
-        return LocalBlobStore(_make_directory(data_dir / "blobs" / bucket), bucket, durable=settings.durable_writes)
+    def store(bucket: str, durable: bool) -> LocalBlobStore:
+        return LocalBlobStore(_make_directory(data_dir / "blobs" / bucket), bucket, durable=durable)
 
-    inputs, outputs, gallery = store(settings.in_bucket), store(settings.out_bucket), store(settings.gallery_bucket)
+    every = settings.durable_writes == "all"
+    inputs, outputs = store(settings.in_bucket, every), store(settings.out_bucket, every)
+    gallery = store(settings.gallery_bucket, settings.durable_writes != "off")
     database = await SqliteDatabase.open(data_dir / QUEUE_DB_NAME)
     try:
         common: _QueueLimits = {

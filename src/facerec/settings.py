@@ -146,10 +146,12 @@ class Settings(BaseSettings):
         description="Request bodies the web tier holds at once (by Content-Length; 503 + Retry-After beyond): "
         "bounds its memory (about 2x this plus ~100 MB) for a small web host. At least one upload is always admitted.",
     )
-    durable_writes: bool = Field(
-        True,
-        description="Local store: fsync each object and its directory before it counts as written (a power cut "
-        "cannot leave an empty record); see docs/benchmarks.md for the cost.",
+    durable_writes: Literal["gallery", "all", "off"] = Field(
+        "gallery",
+        description="Local backend: which stores fsync each object and its directory before a put returns. "
+        "`gallery` (enrolled people's records: a power cut cannot bring one back empty); `all` adds the request "
+        "images and results, whose queue messages are not power-cut durable either (about a quarter of the web "
+        "tier's throughput, docs/benchmarks.md); `off`.",
     )
     # -- web tier response polling (web helper) --
     web_response_pollers: int = Field(

@@ -1,10 +1,10 @@
 """A bucket as a directory: one file per key, `/` in keys as sub-directories, atomic writes.
 
 `put` writes a temporary file next to the target and `os.replace`s it, so readers in other processes see the
-old object or the new one, never half of one. With `durable` (the default, setting `durable_writes`) the file
-is fsynced before the rename and its directory after it (and any directory the put created), so an object
-`put` returned for survives a power cut whole: without it, a crash could bring a record back empty. Deletes
-are not fsynced: a delete lost in a power cut leaves an object that was already going away.
+old object or the new one, never half of one. With `durable` (the gallery store by default, setting
+`durable_writes`) the file is fsynced before the rename and its directory after it (and any directory the put
+created), so an object `put` returned for survives a power cut whole: without it, a crash could bring a record
+back empty. Deletes are not fsynced: a delete lost in a power cut leaves an object that was already going away.
 
 Keys are checked lexically and then by resolved path, so none can leave the root (`..`, absolute
 paths, backslashes, NUL, symlinks planted inside the root). Empty sub-directories left by `delete` are kept:

@@ -145,10 +145,11 @@ async def _drive(base_url: str, requests: int, concurrency: int, runs: int) -> l
     help="JSON report.",
 )
 @click.option(
-    "--durable-writes/--no-durable-writes",
-    default=True,
+    "--durable-writes",
+    type=click.Choice(["gallery", "all", "off"]),
+    default="gallery",
     show_default=True,
-    help="Local store: fsync each object and its directory (the service's default) or not, to measure the cost.",
+    help="Which local stores fsync each object (the service's setting): `all` measures fsync on the request path.",
 )
 @click.option("--serve-port", type=int, default=None, hidden=True)
 @click.option("--data-dir", type=str, default=None, hidden=True)
@@ -158,7 +159,7 @@ def command(
     runs: int,
     backend: str,
     out: Path,
-    durable_writes: bool,
+    durable_writes: str,
     serve_port: int | None,
     data_dir: str | None,
 ) -> None:
@@ -174,7 +175,7 @@ def command(
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="facerec-bench-web-"))
         argv = [sys.executable, "-m", "facerec", "bench", "web", f"--serve-port={port}", f"--backend={backend}"]
         argv.append(f"--data-dir={tmp}")
-        env = {**os.environ, "FACEREC_BACKEND": "local", "FACEREC_DURABLE_WRITES": str(durable_writes).lower()}
+        env = {**os.environ, "FACEREC_BACKEND": "local", "FACEREC_DURABLE_WRITES": durable_writes}
         server = subprocess.Popen(argv, env=env)
         stack.callback(server.wait, 10)
         stack.callback(server.terminate)
@@ -197,7 +198,7 @@ def command(
             f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, errors {run['errors']}, wrong {run['wrong_answers']}"
         )
     click.echo(
-        f"median ({backend}, durable writes {'on' if durable_writes else 'off'}): "
+        f"median ({backend}, durable writes: {durable_writes}): "
         f"{summary['median_requests_per_s']} req/s, p50 {summary['median_p50_ms']} ms, "
         f"p99 {summary['median_p99_ms']} ms"
     )

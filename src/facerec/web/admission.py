@@ -30,7 +30,8 @@ class ByteBudget:
     def __init__(self, limit: int, metrics: WebMetrics | None = None) -> None:
         self.limit = limit
         self.held = 0
-        self._metrics = metrics
+        if metrics is not None:  # read when scraped, not updated per request
+            metrics.upload_bytes_in_flight.set_function(lambda: self.held)
 
     def try_reserve(self, size: int) -> Reservation | None:
         if self.held and self.held + size > self.limit:
@@ -40,8 +41,6 @@ class ByteBudget:
 
     def _change(self, delta: int) -> None:
         self.held += delta
-        if self._metrics is not None:
-            self._metrics.upload_bytes_in_flight.set(self.held)
 
 
 class Reservation:

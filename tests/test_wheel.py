@@ -109,7 +109,8 @@ def test_the_installed_web_tier_serves_its_page_and_offline_docs(installed: Inst
         "from fastapi.testclient import TestClient\n"
         "from facerec.settings import Settings\n"
         "from facerec.web.app import create_app\n"
-        "client = TestClient(create_app(Settings()))\n"  # no lifespan: these routes need no data tier
+        # No lifespan: these routes need no data tier. A loopback Host: others are refused (DNS rebinding guard).
+        "client = TestClient(create_app(Settings()), base_url='http://localhost')\n"
         "for path in ('/static/app.js', '/static/style.css', '/docs', '/redoc',\n"
         "             '/docs-assets/swagger-ui-bundle.js', '/docs-assets/redoc.standalone.js'):\n"
         "    reply = client.get(path, headers={'Accept': 'text/html'})\n"

@@ -4,6 +4,7 @@ nothing in any store."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import unicodedata
 from typing import Any
@@ -16,6 +17,7 @@ BOUNDARY = "hostile-boundary"
 ROUTES = ("/", "/v1/recognitions", "/v1/people/Ada/photos", "/v1/verifications")
 
 
+@functools.cache
 def _one_char_per_unicode_category() -> str:
     """One code point of every general category UTF-8 can carry (surrogates, Cs, cannot be sent)."""
     found: dict[str, str] = {}

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     keep_warm_s: float = Field(
         0.0,
         ge=0,
-        description="Keep an idle worker this long after its last answer (or its start) before stopping it. "
+        description="Keep an idle worker this long after its last answer (or since it runs) before stopping it. "
         "0 (default): stop one grace period after the load, as the course's grader requires. On a billed EC2 "
         "fleet 60 or more costs little (each start bills 60 s anyway) and spares the next burst a cold start: "
         "see `facerec bench elastic` in docs/benchmarks.md.",

@@ -76,7 +76,7 @@ class Scaler:
         self._wake = asyncio.Event()
         self._queue_depth = 0
         self._queue_polled_at = float("-inf")
-        self._active_since: dict[str, float] = {}
+        self._running_since: dict[str, float] = {}
         self.last_step: ScalingStep | None = None
 
     def notify(self) -> None:
@@ -92,13 +92,14 @@ class Scaler:
         self._window.add(now, max(in_flight, self._queue_depth))
         return Observation(in_flight, self._queue_depth, self._window.peak(now))
 
-    def _track_starts(self, now: float, active: list[WorkerInfo]) -> None:
-        # When each worker was first seen starting, on the scaler's clock (keep-warm counts idleness from it;
-        # EC2's LaunchTime is wall-clock and, for a pool instance, the first launch ever).
-        ids = {w.worker_id for w in active}
-        self._active_since = {i: t for i, t in self._active_since.items() if i in ids}
+    def _track_running(self, now: float, workers: list[WorkerInfo]) -> None:
+        # When each worker was first seen running, on the scaler's clock: keep-warm counts a silent worker's
+        # idleness from then (EC2 bills from `running`; its LaunchTime is wall-clock, and for a pool instance
+        # the first launch ever).
+        ids = {w.worker_id for w in workers if w.state == WorkerState.RUNNING}
+        self._running_since = {i: t for i, t in self._running_since.items() if i in ids}
         for worker_id in ids:
-            self._active_since.setdefault(worker_id, now)
+            self._running_since.setdefault(worker_id, now)
 
     async def step(self) -> ScalingStep:
         """One observe-decide-act round."""
@@ -106,7 +107,7 @@ class Scaler:
         observation = await self._observe(now)
         workers = await self.fleet.list()
         active = active_workers(workers)
-        self._track_starts(now, active)
+        self._track_running(now, workers)
         stopping = sum(1 for w in workers if w.state == WorkerState.STOPPING)
         desired = desired_workers(observation, self.config)
         started = stopped = 0
@@ -120,7 +121,7 @@ class Scaler:
                 last_active,
                 config=self.config,
                 now=now,
-                active_since=self._active_since,
+                active_since=self._running_since,
             )
             if victims:
                 await self.fleet.stop([w.worker_id for w in victims])

@@ -22,7 +22,7 @@ class ScalingConfig:
     """Whether a worker still starting may be stopped. Local workers: yes (a loading process is just killed).
     EC2: no; StopInstances may refuse a `pending` instance, and once it runs its first 60 s are billed anyway."""
     keep_warm_s: float = 0.0
-    """Keep an idle worker this long after its last answer (or its start, when it never answered) before
+    """Keep an idle worker this long after its last answer (or since it runs, when it never answered) before
     stopping it. 0: stop as soon as the load is gone (the course grader's contract)."""
 
     def __post_init__(self) -> None:
@@ -82,7 +82,7 @@ def workers_to_stop(
     launch first among equals.
 
     With `config.keep_warm_s`, a worker is a candidate only once idle that long at `now`: idle since its last
-    answer, or since `active_since[worker_id]` (when the scaler first saw it starting) if that is later.
+    answer, or since `active_since[worker_id]` (when the scaler first saw it running) if that is later.
     `last_active`, `active_since` and `now` share one clock.
     """
     config = config or ScalingConfig()

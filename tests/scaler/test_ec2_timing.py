@@ -144,7 +144,7 @@ async def test_keep_warm_holds_instances_for_the_next_burst() -> None:
 COURSE = [Phase((0.0,) * 100), Phase((0.0,) * 100, after_idle_s=5.0)]
 
 
-@pytest.mark.parametrize("latencies", [None, Ec2Latencies.worst_case()], ids=["sampled", "worst-case"])
+@pytest.mark.parametrize("latencies", [None, Ec2Latencies().worst_case()], ids=["sampled", "worst-case"])
 async def test_course_pattern_with_recommended_settings(latencies: Ec2Latencies | None) -> None:
     # The second workload arrives while every instance is still stopping: the worst moment for a pool.
     result = await simulate(COURSE, policy_settings(request_deadline_s=120.0), latencies=latencies, seed=3)
@@ -156,5 +156,5 @@ async def test_course_pattern_with_recommended_settings(latencies: Ec2Latencies 
 
 async def test_a_60_s_deadline_is_too_short_for_ec2_at_the_top_of_its_ranges() -> None:
     # Why the AWS docs recommend a longer deadline: pending 40 s + boot 15 s + model 15 s > 60 s.
-    result = await simulate(COURSE[:1], policy_settings(), latencies=Ec2Latencies.worst_case())
+    result = await simulate(COURSE[:1], policy_settings(), latencies=Ec2Latencies().worst_case())
     assert result.timeouts == 100

@@ -67,15 +67,14 @@ class Ec2Latencies:
             if not 0 <= low <= high:
                 raise ValueError(f"{name}: need 0 <= low <= high, got {(low, high)}")
 
-    @classmethod
-    def worst_case(cls) -> Ec2Latencies:
+    def worst_case(self) -> Ec2Latencies:
         """Every transition at the top of its range (the deterministic upper bound)."""
-        base = cls()
-        return cls(
-            pending_s=(base.pending_s[1],) * 2,
-            boot_s=(base.boot_s[1],) * 2,
-            worker_ready_s=(base.worker_ready_s[1],) * 2,
-            stopping_s=(base.stopping_s[1],) * 2,
+        return Ec2Latencies(
+            pending_s=(self.pending_s[1],) * 2,
+            boot_s=(self.boot_s[1],) * 2,
+            worker_ready_s=(self.worker_ready_s[1],) * 2,
+            stopping_s=(self.stopping_s[1],) * 2,
+            billing_minimum_s=self.billing_minimum_s,
         )
 
 

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         "fleet 60 or more costs little (each start bills 60 s anyway) and spares the next burst a cold start: "
         "see `facerec bench elastic` in docs/benchmarks.md.",
     )
+    min_run_s: float = Field(
+        0.0,
+        ge=0,
+        description="Never stop a worker running for less than this. 0 (default): the grader's prompt scale-in. "
+        "60 on EC2: an instance stays up exactly as long as its start is billed anyway (60 s minimum).",
+    )
 
     @field_validator("unknown_threshold", mode="before")
     @classmethod

@@ -125,10 +125,11 @@ async def test_scale_in_stops_the_instances_that_answered_least_recently() -> No
     assert states(model) == ["running", "stopping", "stopping"]
 
 
-async def test_keep_warm_holds_instances_for_the_next_burst() -> None:
+@pytest.mark.parametrize("policy", [{"keep_warm_s": 60.0}, {"min_run_s": 60.0}])
+async def test_keep_warm_and_min_run_hold_instances_for_the_next_burst(policy: dict[str, float]) -> None:
     model = Ec2TimingModel(2, latencies=FIXED)
     fleet = fleet_on(model)
-    settings = policy_settings(keep_warm_s=60.0)
+    settings = policy_settings(**policy)
     load = {"in_flight": 2}
     scaler = Scaler(fleet, scaling_config(settings), lambda: load["in_flight"], clock=model.clock)
     await scaler.step()

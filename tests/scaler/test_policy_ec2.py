@@ -66,6 +66,21 @@ def test_keep_warm_counts_a_silent_worker_from_its_start() -> None:
     assert workers_to_stop([worker], 1, {}, config=config, now=60.0, active_since={worker.worker_id: 0.0}) == [worker]
 
 
-def test_negative_keep_warm_is_refused() -> None:
+def test_min_run_keeps_an_instance_for_its_billed_minute() -> None:
+    config = ScalingConfig(min_run_s=60.0, stop_pending=False)
+    workers = [instance(1), instance(2)]
+    since = {workers[0].worker_id: 0.0, workers[1].worker_id: 30.0}
+    last_active = {workers[0].worker_id: 55.0, workers[1].worker_id: 31.0}
+    assert workers_to_stop(workers, 2, last_active, config=config, now=59.0, active_since=since) == []
+    assert workers_to_stop(workers, 2, last_active, config=config, now=60.0, active_since=since) == [workers[0]]
+    assert workers_to_stop(workers, 2, last_active, config=config, now=90.0, active_since=since) == [
+        workers[1],
+        workers[0],
+    ]
+
+
+def test_negative_keep_warm_or_min_run_is_refused() -> None:
     with pytest.raises(ValueError, match="keep_warm_s"):
         ScalingConfig(keep_warm_s=-1)
+    with pytest.raises(ValueError, match="min_run_s"):
+        ScalingConfig(min_run_s=-1)

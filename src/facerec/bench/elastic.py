@@ -29,10 +29,13 @@ from facerec.bench.options import json_option
 POLICIES: dict[str, dict[str, float]] = {
     "default": {},
     "deadline-120": {"request_deadline_s": 120.0},
+    "deadline-120+min-run-60": {"request_deadline_s": 120.0, "min_run_s": 60.0},
     "deadline-120+keep-warm-60": {"request_deadline_s": 120.0, "keep_warm_s": 60.0},
     "deadline-120+keep-warm-300": {"request_deadline_s": 120.0, "keep_warm_s": 300.0},
 }
-"""Settings overrides on the AWS defaults (15 instances, 1 s scale-in grace, 60 s deadline, no keep-warm)."""
+"""Settings overrides on the AWS defaults (15 instances, 1 s scale-in grace, 60 s deadline, no keep-warm).
+min-run-60 keeps an instance as long as its start is billed anyway; keep-warm-N keeps it N s after its last
+answer."""
 
 
 def course_pattern(gap_s: float, size: int = 100) -> list[Phase]:

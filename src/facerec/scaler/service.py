@@ -29,6 +29,7 @@ def scaling_config(settings: Settings) -> ScalingConfig:
         target_in_flight_per_worker=settings.target_in_flight_per_worker,
         stop_pending=settings.backend == "local",
         keep_warm_s=settings.keep_warm_s,
+        min_run_s=settings.min_run_s,
     )
 
 

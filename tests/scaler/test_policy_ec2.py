@@ -6,6 +6,8 @@ import pytest
 
 from facerec.ports import WorkerInfo, WorkerState
 from facerec.scaler.policy import ScalingConfig, workers_to_stop
+from facerec.scaler.service import scaling_config
+from facerec.settings import Settings
 
 EC2 = ScalingConfig(max_workers=15, stop_pending=False)
 
@@ -84,3 +86,10 @@ def test_negative_keep_warm_or_min_run_is_refused() -> None:
         ScalingConfig(keep_warm_s=-1)
     with pytest.raises(ValueError, match="min_run_s"):
         ScalingConfig(min_run_s=-1)
+
+
+def test_settings_choose_the_ec2_behaviour() -> None:
+    aws = scaling_config(Settings(backend="aws", keep_warm_s=300, min_run_s=60))
+    assert (aws.max_workers, aws.stop_pending, aws.keep_warm_s, aws.min_run_s) == (15, False, 300, 60)
+    local = scaling_config(Settings(backend="local", max_workers=2))
+    assert (local.stop_pending, local.keep_warm_s, local.min_run_s) == (True, 0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -15,8 +16,10 @@ def test_bench_elastic_prints_and_writes_the_table(tmp_path: Path) -> None:
     out = tmp_path / "elastic.json"
     args = ["bench", "elastic", "--seeds", "2", "--trace", "course-gap-5", "--json", str(out), "--per-request"]
     args += ["--policy", "default", "--policy", "deadline-120+keep-warm-60"]
+    level = logging.getLogger("facerec").level
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert logging.getLogger("facerec").level == level, "the command must leave logging as it found it"
     assert "course-gap-5    worst-case  deadline-120+keep-warm-60" in result.output
     report = json.loads(out.read_text())
     rows = {(r["latencies"], r["policy"]): r for r in report["rows"]}

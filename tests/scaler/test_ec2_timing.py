@@ -9,10 +9,10 @@ from botocore.exceptions import ClientError
 
 from facerec.adapters.ec2_fleet import Ec2Fleet
 from facerec.adapters.ec2_model import Ec2Latencies, Ec2TimingModel
-from facerec.bench.elastic_sim import Phase, policy_settings, simulate
 from facerec.ports import WorkerState
 from facerec.scaler.loop import Scaler
 from facerec.scaler.service import scaling_config
+from facerec.scaler.simulation import Phase, policy_settings, simulate
 
 FIXED = Ec2Latencies(pending_s=(20, 20), boot_s=(5, 5), worker_ready_s=(5, 5), stopping_s=(10, 10))
 

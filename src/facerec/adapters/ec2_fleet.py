@@ -127,7 +127,7 @@ class Ec2Fleet:
         self._lock = asyncio.Lock()
         self._clock = clock
         self._waiting: tuple[int, int] | None = None
-        """(wanted, stopping) last logged while the pool had nothing to start: logged once per change."""
+        """(short of, stopping) last logged while the pool could not start all it was asked: one line per change."""
 
     async def list(self) -> list[WorkerInfo]:
         async with self._lock:

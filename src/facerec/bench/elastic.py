@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import statistics
@@ -23,8 +24,8 @@ from pathlib import Path
 import click
 
 from facerec.adapters.ec2_model import Ec2Latencies, Range
-from facerec.bench.elastic_sim import Phase, ServiceModel, SimulationResult, policy_settings, simulate
 from facerec.bench.options import json_option
+from facerec.scaler.simulation import Phase, ServiceModel, SimulationResult, policy_settings, simulate
 
 POLICIES: dict[str, dict[str, float]] = {
     "default": {},
@@ -212,15 +213,20 @@ def command(
     json_path: Path,
 ) -> None:
     """Scaling policies on the EC2 timing model (simulated time: runs in seconds, no AWS account)."""
-    import logging
-
-    logging.getLogger("facerec").setLevel(logging.ERROR)  # the fleet's per-start lines, thousands of them
     latencies = Ec2Latencies(
         pending_s=_range(pending), boot_s=_range(boot), worker_ready_s=_range(worker_ready), stopping_s=_range(stopping)
     )
     service = ServiceModel(per_image_s=per_image_s, batch_overhead_s=batch_overhead_s)
     chosen = list(policies) or list(POLICIES)
-    rows, requests = asyncio.run(run_all(seeds, latencies, service, chosen, list(traces) or list(TRACES)))
+    # Quiet the fleet's and scaler's per-start lines (thousands of them), and only for this run: the command
+    # also runs in-process (tests, notebooks).
+    package_log = logging.getLogger("facerec")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)
+    try:
+        rows, requests = asyncio.run(run_all(seeds, latencies, service, chosen, list(traces) or list(TRACES)))
+    finally:
+        package_log.setLevel(level)
     click.echo(
         f"EC2 timing model: pending {pending} s, boot {boot} s, worker ready {worker_ready} s, stopping {stopping} s, "
         f"billing per second (60 s minimum); worker {per_image_s} s/image + {batch_overhead_s} s/batch; "

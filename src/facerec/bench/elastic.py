@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -173,6 +174,11 @@ def table_lines(rows: list[Row]) -> list[str]:
     return lines
 
 
+def compact_lists(text: str) -> str:
+    """Flat lists (numbers, null, ranges) on one line: a run's per-request latencies stay readable."""
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+
+
 def _range(text: str) -> Range:
     low, _, high = text.partition("-")
     try:
@@ -239,17 +245,13 @@ def command(
             shown = " ".join("504" if v is None else f"{v:.1f}" for v in values)
             click.echo(f"{key}: {shown}")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(
-        json.dumps(
-            {
-                "latencies": asdict(latencies),
-                "service": asdict(service),
-                "policies": {name: POLICIES[name] for name in chosen},
-                "seeds": seeds,
-                "rows": [asdict(row) for row in rows],
-                "per_request_latency_s": requests,
-            },
-            indent=1,
-        )
-    )
+    report = {
+        "latencies": asdict(latencies),
+        "service": asdict(service),
+        "policies": {name: POLICIES[name] for name in chosen},
+        "seeds": seeds,
+        "rows": [asdict(row) for row in rows],
+        "per_request_latency_s": requests,
+    }
+    json_path.write_text(compact_lists(json.dumps(report, indent=1)) + "\n")
     click.echo(f"wrote {json_path}")

@@ -167,6 +167,21 @@ class Settings(BaseSettings):
     )
     scale_in_grace_s: float = Field(1.0, ge=0, description="Workers stop this long after the load that needed them.")
     scaler_interval_s: float = Field(0.2, gt=0, description="Scaler tick (it also wakes on every request).")
+    # -- EC2 fleet (elastic-ec2 helper) --
+    keep_warm_s: float = Field(
+        0.0,
+        ge=0,
+        description="Keep an idle worker this long after its last answer (or since it runs) before stopping it. "
+        "0 (default): stop one grace period after the load, as the course's grader requires. On a billed EC2 "
+        "fleet 60 or more costs little (each start bills 60 s anyway) and spares the next burst a cold start: "
+        "see `facerec bench elastic` in docs/benchmarks.md.",
+    )
+    min_run_s: float = Field(
+        0.0,
+        ge=0,
+        description="Never stop a worker running for less than this. 0 (default): the grader's prompt scale-in. "
+        "60 on EC2: an instance stays up exactly as long as its start is billed anyway (60 s minimum).",
+    )
 
     @field_validator("unknown_threshold", mode="before")
     @classmethod

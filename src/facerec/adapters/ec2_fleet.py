@@ -1,7 +1,12 @@
 """The EC2 Fleet: app-tier instances found by tag, started/stopped (`pool`) or run/terminated (`run`).
 
-State always comes from `describe_instances`; a short cache absorbs the scaler's polling (several per
-second) and is dropped by every start/stop so a decision right after one sees EC2's answer.
+State always comes from `describe_instances`; a short cache absorbs the scaler's polling (it wakes on every
+request) and is dropped by every start/stop so a decision right after one sees EC2's answer. Between those,
+start and stop decide on the cached view: a burst of requests costs at most one DescribeInstances per TTL.
+
+EC2's state machine, as the fleet treats it: only `stopped` instances can be started; `stopping` ones are
+counted as not running (the course's contract) and waited for, since they return to `stopped` within
+seconds; `pending` ones are never stopped (EC2 may refuse, and they are billed from `running` anyway).
 """
 
 from __future__ import annotations
@@ -12,12 +17,11 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facerec.adapters.aws_session import AwsClients
 from facerec.ports import PortError, WorkerInfo, WorkerState
 from facerec.settings import Settings
 
@@ -91,10 +95,24 @@ def _by_number(worker: WorkerInfo) -> tuple[int, str]:
     return (number if number is not None else 1 << 30, worker.name)
 
 
+class Ec2Source(Protocol):
+    """Where the fleet gets its EC2 client: `AwsClients`, or the timing model (`facerec.adapters.ec2_model`)."""
+
+    async def ec2(self) -> EC2Client: ...
+
+
 class Ec2Fleet:
     """App-tier instances tagged `Name=app-tier-instance-<n>` and `facerec:prefix=<prefix>`."""
 
-    def __init__(self, aws: AwsClients, settings: Settings, *, max_workers: int, cache_ttl_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        aws: Ec2Source,
+        settings: Settings,
+        *,
+        max_workers: int,
+        cache_ttl_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if settings.fleet_mode == "run" and not settings.aws_launch_template:
             raise ValueError("fleet_mode=run needs FACEREC_AWS_LAUNCH_TEMPLATE")
         self.max_workers = max_workers
@@ -107,16 +125,19 @@ class Ec2Fleet:
         self._ec2_states: dict[str, str] = {}
         """Instance id -> EC2's own state name (WorkerState merges stopped with terminated)."""
         self._lock = asyncio.Lock()
+        self._clock = clock
+        self._waiting: tuple[int, int] | None = None
+        """(short of, stopping) last logged while the pool could not start all it was asked: one line per change."""
 
     async def list(self) -> list[WorkerInfo]:
         async with self._lock:
-            if self._cached is not None and time.monotonic() - self._cached[0] < self._cache_ttl_s:
-                return list(self._cached[1])
-            return await self._refresh()
+            return list(await self._listed())
 
     async def start(self, count: int) -> builtins.list[WorkerInfo]:
         async with self._lock:
-            workers = await self._refresh()  # count what EC2 says now, not what the cache said
+            # The cached view is exact for what this fleet did (every start/stop drops it); what EC2 did on its
+            # own since (pending -> running, stopping -> stopped) never adds to the active count.
+            workers = await self._listed()
             room = self.max_workers - sum(1 for w in workers if w.state in _ACTIVE)
             wanted = max(0, min(count, room))
             if wanted == 0:
@@ -138,6 +159,11 @@ class Ec2Fleet:
             if unknown := [i for i in worker_ids if i not in known]:
                 # Never act on an instance outside this fleet's tags, whatever the caller passes.
                 log.warning("stop_unknown_instances", extra={"ids": unknown})
+            if pending := [i for i in ids if known[i].state == WorkerState.PENDING]:
+                # StopInstances may refuse a pending instance (IncorrectInstanceState) and would fail the rest
+                # of the call with it: the scaler asks again once it runs.
+                log.info("stop_deferred_pending", extra={"ids": pending})
+                ids = [i for i in ids if i not in pending]
             if not ids:
                 return
             ec2 = await self._ec2()
@@ -163,7 +189,7 @@ class Ec2Fleet:
             raise PortError(f"EC2 client unavailable: {exc}") from exc
 
     async def _listed(self) -> builtins.list[WorkerInfo]:
-        if self._cached is not None and time.monotonic() - self._cached[0] < self._cache_ttl_s:
+        if self._cached is not None and self._clock() - self._cached[0] < self._cache_ttl_s:
             return self._cached[1]
         return await self._refresh()
 
@@ -175,14 +201,18 @@ class Ec2Fleet:
             raise PortError(f"describe_instances failed: {exc}") from exc
         workers = sorted(map(to_worker, instances), key=_by_number)
         self._ec2_states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
-        self._cached = (time.monotonic(), workers)
+        self._cached = (self._clock(), workers)
         return list(workers)
 
     async def _start_pool(self, workers: builtins.list[WorkerInfo], wanted: int) -> builtins.list[WorkerInfo]:
         # Exactly `stopped`: a stopping instance cannot be started yet, and a terminated one never again.
         candidates = [w for w in workers if self._ec2_states.get(w.worker_id) == "stopped"][:wanted]
+        stopping = sum(1 for w in workers if self._ec2_states.get(w.worker_id) == "stopping")
+        if len(candidates) < wanted:
+            self._log_waiting(wanted - len(candidates), stopping, len(workers))
+        else:
+            self._waiting = None
         if not candidates:
-            log.warning("pool_exhausted", extra={"wanted": wanted, "pool": len(workers)})
             return []
         ec2 = await self._ec2()
         ids = [w.worker_id for w in candidates]
@@ -191,6 +221,17 @@ class Ec2Fleet:
         except (ClientError, BotoCoreError) as exc:
             raise PortError(f"cannot start instances {ids}: {exc}") from exc
         return [WorkerInfo(w.worker_id, w.name, WorkerState.PENDING, time.time()) for w in candidates]
+
+    def _log_waiting(self, short: int, stopping: int, pool: int) -> None:
+        # The scaler asks on every request; one line per change of the situation, not one per request.
+        if self._waiting == (short, stopping):
+            return
+        self._waiting = (short, stopping)
+        if stopping:
+            # They become startable within seconds: the scaler's next ticks start them.
+            log.info("pool_waiting_for_stopping", extra={"short": short, "stopping": stopping, "pool": pool})
+        else:
+            log.warning("pool_exhausted", extra={"short": short, "pool": pool})
 
     async def _run(self, workers: builtins.list[WorkerInfo], wanted: int) -> builtins.list[WorkerInfo]:
         # Names held by instances still alive (or going to `stopped`); terminated ones free their name.

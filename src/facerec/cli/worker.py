@@ -23,7 +23,7 @@ from facerec.settings import Settings
 @click.option("--max-receives", type=int, help="Deliveries after which a request is processed alone.")
 @click.option("--prefetch/--no-prefetch", "worker_prefetch", default=None, help="Overlap fetch with inference.")
 @click.option("--torch-threads", type=int, help="Intra-op threads for inference.")
-@click.option("--name", help="Worker name in responses and logs (default: $FACEREC_WORKER_NAME or host-pid).")
+@click.option("--name", help="Name in answers and logs (default: $FACEREC_WORKER_NAME, EC2 instance id, host-pid).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), help="Create once ready.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from facerec.ports import Fleet, MessageQueue
+from facerec.ports import Fleet, MessageQueue, WorkerInfo, WorkerState
 from facerec.scaler.policy import Observation, ScalingConfig, active_workers, desired_workers, workers_to_stop
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class ScalingStep:
     desired: int
     started: int
     stopped: int
+    stopping: int = 0
+    """Workers still on their way to `stopped` (not active; on EC2 they cannot be started again yet)."""
 
 
 class Scaler:
@@ -74,6 +76,7 @@ class Scaler:
         self._wake = asyncio.Event()
         self._queue_depth = 0
         self._queue_polled_at = float("-inf")
+        self._running_since: dict[str, float] = {}
         self.last_step: ScalingStep | None = None
 
     def notify(self) -> None:
@@ -89,21 +92,41 @@ class Scaler:
         self._window.add(now, max(in_flight, self._queue_depth))
         return Observation(in_flight, self._queue_depth, self._window.peak(now))
 
+    def _track_running(self, now: float, workers: list[WorkerInfo]) -> None:
+        # When each worker was first seen running, on the scaler's clock: keep-warm counts a silent worker's
+        # idleness from then (EC2 bills from `running`; its LaunchTime is wall-clock, and for a pool instance
+        # the first launch ever).
+        ids = {w.worker_id for w in workers if w.state == WorkerState.RUNNING}
+        self._running_since = {i: t for i, t in self._running_since.items() if i in ids}
+        for worker_id in ids:
+            self._running_since.setdefault(worker_id, now)
+
     async def step(self) -> ScalingStep:
         """One observe-decide-act round."""
-        observation = await self._observe(self._clock())
+        now = self._clock()
+        observation = await self._observe(now)
         workers = await self.fleet.list()
         active = active_workers(workers)
+        self._track_running(now, workers)
+        stopping = sum(1 for w in workers if w.state == WorkerState.STOPPING)
         desired = desired_workers(observation, self.config)
         started = stopped = 0
         if desired > len(active):
             started = len(await self.fleet.start(desired - len(active)))
         elif desired < len(active):
             last_active = self._last_active() if self._last_active else None
-            victims = workers_to_stop(workers, len(active) - desired, last_active)
-            await self.fleet.stop([w.worker_id for w in victims])
+            victims = workers_to_stop(
+                workers,
+                len(active) - desired,
+                last_active,
+                config=self.config,
+                now=now,
+                active_since=self._running_since,
+            )
+            if victims:
+                await self.fleet.stop([w.worker_id for w in victims])
             stopped = len(victims)
-        step = ScalingStep(observation, len(active), desired, started, stopped)
+        step = ScalingStep(observation, len(active), desired, started, stopped, stopping)
         if started or stopped:
             log.info(
                 "scaled",
@@ -114,6 +137,7 @@ class Scaler:
                     "desired": desired,
                     "started": started,
                     "stopped": stopped,
+                    "stopping": stopping,
                 },
             )
         self.last_step = step

@@ -27,6 +27,9 @@ def scaling_config(settings: Settings) -> ScalingConfig:
         min_workers=min(settings.min_workers, max_workers),
         max_workers=max_workers,
         target_in_flight_per_worker=settings.target_in_flight_per_worker,
+        stop_pending=settings.backend == "local",
+        keep_warm_s=settings.keep_warm_s,
+        min_run_s=settings.min_run_s,
     )
 
 

@@ -5,7 +5,7 @@ asyncio event loop, which keeps receiving, fetching and extending visibility mea
 
 Readiness protocol for local subprocess workers: when `FACEREC_WORKER_READY_FILE` is set, that file is
 created once the model is loaded and warmed up and the data tier is open. `FACEREC_WORKER_NAME` names the
-worker in responses and logs.
+worker in responses and logs (on EC2 without it: the instance id, see `facerec.worker.identity`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import TypedDict
 from facerec.ports import DataTier
 from facerec.recognition.results import BatchRecognizer
 from facerec.settings import Settings
+from facerec.worker.identity import worker_name
 from facerec.worker.loop import Worker
 from facerec.worker.stats import WorkerStats
 from facerec.worker.threads import InferenceRunner, MainThreadRunner, run_in_daemon_thread
@@ -35,7 +35,6 @@ from facerec.worker.threads import InferenceRunner, MainThreadRunner, run_in_dae
 log = logging.getLogger(__name__)
 
 READY_FILE_ENV = "FACEREC_WORKER_READY_FILE"
-NAME_ENV = "FACEREC_WORKER_NAME"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 RecognizerFactory = Callable[[Settings], BatchRecognizer]
@@ -47,10 +46,6 @@ class _LoopOutcome(TypedDict, total=False):
 
     stats: WorkerStats
     error: BaseException
-
-
-def worker_name() -> str:
-    return os.environ.get(NAME_ENV) or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def load_recognizer(settings: Settings) -> BatchRecognizer:
@@ -99,7 +94,7 @@ async def serve_worker(
 ) -> WorkerStats:
     """Open the data tier, signal readiness, run the loop until `stop`, then finish the batch in hand within
     the grace period (past it, release the batch)."""
-    name = name or worker_name()
+    name = name or worker_name(settings)
     async with (open_tier or _default_opener())(settings) as data:
         worker = Worker(data, recognizer, settings, name=name, infer=infer)
         if ready_file is None and os.environ.get(READY_FILE_ENV):
@@ -138,7 +133,7 @@ def run_worker(
     open_tier: DataTierOpener | None = None,
 ) -> WorkerStats:
     """The whole worker process; call from the main thread. Returns after SIGTERM/SIGINT and a clean stop."""
-    name = name or worker_name()
+    name = name or worker_name(settings)
     started = time.monotonic()
     log.info("model_loading", extra={"worker": name, "weights": settings.weights, "gallery": settings.gallery})
     # Nothing is in hand yet: a signal during the load keeps its default action and ends the process.

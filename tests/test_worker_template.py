@@ -14,11 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from facerec.adapters.local_fleet import LocalFleet
 from facerec.backend import open_data_tier
 from facerec.ports import WorkerInfo, WorkerState
 from facerec.settings import Settings
+from facerec.web.metrics import WebMetrics
+from facerec.web.pending import PendingRequests
 from tests.paths import REPO_ROOT
 from tests.worker.fakes import collect, photo_of, submit
 
@@ -86,6 +89,8 @@ def template_pid(fleet: LocalFleet) -> int:
 
 async def test_forked_workers_answer_and_stop(make_fleet: Callable[..., LocalFleet], settings: Settings) -> None:
     fleet = make_fleet()
+    metrics = WebMetrics(PendingRequests())
+    fleet.timing_listeners.append(metrics.observe_worker)
     await fleet.prepare()
     started = await fleet.start(2)
     assert {w.name for w in started} == {"app-tier-instance-1", "app-tier-instance-2"}
@@ -99,6 +104,9 @@ async def test_forked_workers_answer_and_stop(make_fleet: Callable[..., LocalFle
     assert {r.worker for r in responses} <= {"app-tier-instance-1", "app-tier-instance-2"}
     await fleet.stop([w.worker_id for w in await fleet.list()])
     await wait_for(fleet, lambda workers: workers == [], within=20)
+    exposition = generate_latest(metrics.registry).decode()
+    assert 'facerec_worker_start_to_ready_seconds_count{start="fork"} 2.0' in exposition
+    assert "facerec_worker_stop_seconds_count 2.0" in exposition
 
 
 async def test_a_dead_template_is_replaced(

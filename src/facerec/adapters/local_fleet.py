@@ -51,6 +51,10 @@ TEMPLATE_READY_TIMEOUT_S = 300.0
 TEMPLATE_LOG = "worker-template.log"
 
 
+WorkerTimingListener = Callable[[str, float, str], None]
+"""(event, seconds, start mode): `ready` with the start-to-ready time, `exited` with the stop time."""
+
+
 class _Process(Protocol):
     """What the fleet needs of a worker process: `subprocess.Popen` (spawned) or `ForkedProcess`."""
 
@@ -139,6 +143,7 @@ class _Worker:
     stop_requested_at: float | None = None
     started_mono: float = field(default_factory=time.monotonic)
     how: str = "spawn"
+    on_event: WorkerTimingListener | None = None
 
     @property
     def worker_id(self) -> str:
@@ -149,6 +154,8 @@ class _Worker:
             return WorkerState.STOPPING
         if not self.ready and self.ready_file.exists():
             self.ready = True  # sticky: one stat per pending worker per list(), none once running
+            if self.on_event is not None:
+                self.on_event("ready", self._age(), self.how)
             log.info(
                 "worker_ready",
                 extra={
@@ -208,6 +215,8 @@ class LocalFleet:
         self._template_command = list(template_command) if template_command is not None else None
         self._template: ForkTemplate | None = None
         self._template_failures = 0
+        self.timing_listeners: list[WorkerTimingListener] = []
+        """Told each worker's start-to-ready and stop duration (the web tier's /metrics histograms)."""
 
     async def prepare(self) -> None:
         """Start the worker template now (fork mode), so its imports overlap with whatever comes first."""
@@ -298,12 +307,20 @@ class LocalFleet:
                 else:
                     worker = _Worker(name, number, process, ready_file, launched_at=time.time(), how="fork")
                     worker.started_mono = started  # start-to-ready includes any wait for the template
+                    worker.on_event = self._notify
                     self._workers.append(worker)
                     log.info("worker_started", extra={"worker": name, "pid": process.pid, "start": "fork"})
                     return worker
             else:
                 log.warning("worker_start_fallback", extra={"worker": name, "reason": "template not ready"})
         return self._spawn(name, number, ready_file, extra)
+
+    def _notify(self, event: str, seconds: float, how: str) -> None:
+        for listener in self.timing_listeners:
+            try:
+                listener(event, seconds, how)
+            except Exception:  # a metrics problem must never break the fleet
+                log.exception("timing_listener_failed")
 
     def _spawn(self, name: str, number: int, ready_file: Path, extra: Mapping[str, str]) -> _Worker:
         env = {**self._env, **extra}
@@ -320,7 +337,7 @@ class LocalFleet:
                 )
         except OSError as exc:
             raise PortError(f"cannot start worker {name}: {exc}") from exc
-        worker = _Worker(name, number, process, ready_file, launched_at=time.time())
+        worker = _Worker(name, number, process, ready_file, launched_at=time.time(), on_event=self._notify)
         self._workers.append(worker)
         log.info("worker_started", extra={"worker": name, "pid": process.pid, "start": "spawn"})
         return worker
@@ -355,7 +372,7 @@ class LocalFleet:
             if worker.stop_requested_at is None:
                 log.warning("worker_crashed", extra=fields)
             else:
-                log.info(
-                    "worker_exited", extra={**fields, "stop_s": round(time.monotonic() - worker.stop_requested_at, 3)}
-                )
+                stop_s = time.monotonic() - worker.stop_requested_at
+                log.info("worker_exited", extra={**fields, "stop_s": round(stop_s, 3)})
+                self._notify("exited", stop_s, worker.how)
         self._workers = alive

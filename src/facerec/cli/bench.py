@@ -15,6 +15,7 @@ _BENCHMARKS: dict[str, str] = {
     "web": "facerec.bench.web",
     "load": "facerec.bench.load",
     "stack": "facerec.bench.stack",
+    "start": "facerec.bench.start",
 }
 
 

@@ -15,6 +15,7 @@ from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.scaler.loop import Scaler
 from facerec.scaler.policy import ScalingConfig
 from facerec.settings import Settings
+from facerec.web.api import WorkersOut
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class ScalerService:
         self._open_fleet = open_fleet or _default_fleet_opener
         self.fleet: Fleet | None = None
 
+    async def worker_states(self) -> WorkersOut:
+        """Workers by state, for /v1/workers and the page (none before the fleet is open)."""
+        from facerec.web.app import count_states
+
+        return count_states(await self.fleet.list() if self.fleet is not None else [])
+
     async def worker_count(self) -> int:
         """Workers running or starting, for /metrics (0 before the fleet is open)."""
         if self.fleet is None:
@@ -69,6 +76,10 @@ class ScalerService:
                 interval_s=self.settings.scaler_interval_s,
             )
             pending.add_listener(scaler.notify)
+            metrics = getattr(app.state, "metrics", None)
+            listeners = getattr(fleet, "timing_listeners", None)
+            if metrics is not None and isinstance(listeners, list):
+                listeners.append(metrics.observe_worker)  # worker start/stop histograms in /metrics
             self.fleet = fleet
             task = asyncio.create_task(scaler.run(), name="facerec-scaler")
             log.info("scaler_started", extra={"max_workers": scaler.config.max_workers})

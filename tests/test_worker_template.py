@@ -97,6 +97,8 @@ async def test_forked_workers_answer_and_stop(make_fleet: Callable[..., LocalFle
     await wait_for(fleet, running(2))
     pids = [int(w.worker_id.removeprefix("local-")) for w in await fleet.list()]
     assert [parent_of(pid) for pid in pids] == [template_pid(fleet)] * 2
+    # Each its own session, as a spawned worker: its own process group to signal, its own CPU share (autogroup).
+    assert [os.getsid(pid) for pid in pids] == pids
     async with open_data_tier(settings) as data:
         requests = [await submit(data, f"paul_{i}.jpg", photo_of("Paul")) for i in range(4)]
         responses = await collect(data, {r.id for r in requests}, within_s=30)

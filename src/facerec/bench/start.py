@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -199,9 +200,16 @@ def command(num_requests: int, modes: str, port: int, datasets: Path, json_path:
         gallery = workdir / "gallery.pt"
         results: dict[str, Any] = {"requests": num_requests, "cores": os.cpu_count()}
         raw_and_gallery(files, labels, gallery, rounds=1)
-        results["modes"] = [
-            asyncio.run(measure_mode(mode, workdir, gallery, files, labels, port, num_requests)) for mode in chosen
-        ]
+        results["modes"] = []
+        for mode in chosen:
+            results["modes"].append(
+                asyncio.run(measure_mode(mode, workdir, gallery, files, labels, port, num_requests))
+            )
+            # The service's log (worker and batch events) next to the results, for a closer look.
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(workdir / f"serve-{mode}.log", json_path.with_name(f"{json_path.stem}-serve-{mode}.log"))
+            for worker_log in sorted((workdir / mode / "logs").glob("*.log")):
+                shutil.copyfile(worker_log, json_path.with_name(f"{json_path.stem}-{mode}-{worker_log.name}"))
     for mode in results["modes"]:
         click.echo(f"--- {mode['mode']}")
         for key, value in mode.items():

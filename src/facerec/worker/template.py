@@ -100,9 +100,10 @@ def _child(channel: _Channel, wakeup: socket.socket, recognizer: Any, request: d
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        # Its own process group (the fleet signals the group), set here and by the template: no race.
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
+        # Its own session, as a spawned worker has: its own process group (the fleet signals the group) and,
+        # where the kernel schedules by session (autogroup), its own CPU share. Sharing the template's session,
+        # two workers split one share: measured here 60% slower per image than spawned workers on a busy host.
+        os.setsid()
         _die_with_parent()
         descriptor = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(descriptor, 1)
@@ -194,8 +195,6 @@ def _fork(channel: _Channel, wakeup: socket.socket, recognizer: Any, request: di
         return
     if pid == 0:
         _child(channel, wakeup, recognizer, request)
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
     channel.send(event="forked", name=name, pid=pid)
 
 

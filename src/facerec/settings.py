@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     worker_poll_wait_s: float = Field(2.0, ge=0, le=20, description="Long-poll wait for a batch's first message.")
     worker_poll_slice_s: float = Field(
         1.0,
-        ge=0,
+        ge=1,
         le=20,
         description="On a queue whose long poll cannot be cancelled without spending a delivery (SQS): the longest "
         "single poll. A stopping idle worker lets the poll in flight end (at most this long) instead of abandoning "

@@ -156,3 +156,25 @@ async def test_forked_torch_workers_run_with_their_own_threads(
         request = await submit(data, "paul.jpg", photo_of("Paul"))
         [response] = await collect(data, {request.id}, within_s=60)
     assert response.error is None and response.result is not None
+
+
+async def test_a_busy_forked_worker_finishes_its_batch_when_stopped(
+    make_fleet: Callable[..., LocalFleet], settings: Settings, tmp_path: Path
+) -> None:
+    marker = tmp_path / "batch-started"
+    slow = {"FAKE_RECOGNIZER_DELAY_S": "0.3", "FAKE_RECOGNIZER_BATCH_FILE": str(marker)}
+    fleet = make_fleet(max_workers=1, extra_env=slow)
+    await fleet.start(1)
+    await wait_for(fleet, running(1))
+    async with open_data_tier(settings) as data:
+        requests = [await submit(data, f"paul_{i}.jpg", photo_of("Paul")) for i in range(3)]
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the worker never started its batch"
+            await asyncio.sleep(0.02)
+        await fleet.stop([w.worker_id for w in await fleet.list()])  # SIGTERM in the middle of the batch
+        responses = await collect(data, {r.id for r in requests}, within_s=30)
+        stats = await data.requests.stats()
+    assert sorted(r.result.name for r in responses if r.result is not None) == ["Paul"] * 3
+    assert (stats.visible, stats.in_flight) == (0, 0)  # answered and deleted, nothing released for later
+    await wait_for(fleet, lambda workers: workers == [], within=20)

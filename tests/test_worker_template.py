@@ -81,6 +81,11 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def thread_count(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
 def template_pid(fleet: LocalFleet) -> int:
     template = fleet._template
     assert template is not None and template.process is not None
@@ -152,6 +157,8 @@ async def test_forked_torch_workers_run_with_their_own_threads(
     fleet = make_fleet(STANDIN_FACTORY, max_workers=1, extra_env={"FACEREC_TORCH_THREADS": "2"})
     await fleet.start(1)
     await wait_for(fleet, running(1), within=150)
+    # The template itself stays single-threaded: no OpenMP (or any other) pool for a child to inherit.
+    assert thread_count(template_pid(fleet)) == 1
     async with open_data_tier(settings) as data:
         request = await submit(data, "paul.jpg", photo_of("Paul"))
         [response] = await collect(data, {request.id}, within_s=60)

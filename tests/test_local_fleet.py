@@ -305,7 +305,8 @@ def test_workers_die_with_a_killed_parent(fake_worker: Path, tmp_path: Path) -> 
 async def test_open_fleet_local_stops_workers_on_exit(tmp_path: Path, fake_worker: Path) -> None:
     from facerec.fleets import open_fleet
 
-    settings = Settings(data_dir=tmp_path / "data", max_workers=2)
+    # spawn: the command swapped in below is what starts; fork would load the real model in a template.
+    settings = Settings(data_dir=tmp_path / "data", max_workers=2, worker_start="spawn")
     async with open_fleet(settings) as fleet:
         assert isinstance(fleet, LocalFleet) and fleet.max_workers == 2
         fleet._command = [sys.executable, str(fake_worker), "graceful", "0"]  # the real worker loads a model

@@ -20,12 +20,15 @@ async def open_fleet(settings: Settings, aws: AwsClients | None = None) -> Async
         if settings.backend == "local":
             from facerec.adapters.local_fleet import LocalFleet
 
-            fleet = LocalFleet(settings, max_workers=max_workers, log_dir=settings.data_dir / "logs")
+            local = LocalFleet(settings, max_workers=max_workers, log_dir=settings.data_dir / "logs")
+            stack.push_async_callback(local.close)
+            await local.prepare()  # the worker template loads while the web tier starts
+            fleet = local
         else:
             from facerec.adapters.ec2_fleet import Ec2Fleet
 
             if aws is None:
                 aws = await stack.enter_async_context(AwsClients(settings))
             fleet = Ec2Fleet(aws, settings, max_workers=max_workers)
-        stack.push_async_callback(fleet.close)
+            stack.push_async_callback(fleet.close)
         yield fleet

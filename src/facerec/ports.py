@@ -79,6 +79,10 @@ class MessageQueue(Protocol):
 
     name: str
     max_message_bytes: int
+    receive_cancel_safe: bool
+    """True when cancelling a waiting `receive` never spends a delivery: nothing was taken, or what the
+    cancelled call took is handed back with its receive count restored. False on SQS, where a cancelled long
+    poll may still take messages server-side (hidden for a visibility timeout, one receive spent)."""
 
     async def send(self, body: str) -> str:
         """Returns the message id. Raises MessageTooLarge."""

@@ -6,6 +6,7 @@ This module must stay importable without torch: the web tier reads it.
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -100,8 +101,23 @@ class Settings(BaseSettings):
     batch_fill_wait_ms: float = Field(
         20.0, ge=0, le=1000, description="How long a worker waits for more requests to fill a batch."
     )
+    worker_start: Literal["fork", "spawn"] = Field(
+        "fork" if sys.platform.startswith("linux") else "spawn",
+        description="How the local fleet starts a worker. `fork`: from a template process that imported torch and "
+        "loaded the model once per `facerec serve` (start-to-ready in well under a second; the template stays "
+        "resident, see docs/benchmarks.md). `spawn`: a fresh interpreter per worker (nothing resident while "
+        "idle, several seconds per start).",
+    )
     # -- worker loop (app tier helper) --
     worker_poll_wait_s: float = Field(2.0, ge=0, le=20, description="Long-poll wait for a batch's first message.")
+    worker_poll_slice_s: float = Field(
+        1.0,
+        ge=1,
+        le=20,
+        description="On a queue whose long poll cannot be cancelled without spending a delivery (SQS): the longest "
+        "single poll. A stopping idle worker lets the poll in flight end (at most this long) instead of abandoning "
+        "it. SQS counts whole seconds: 1 is the shortest long poll (about 86,400 requests a day per idle worker).",
+    )
     worker_prefetch: bool = Field(
         False,
         description="Receive and fetch the next batch during inference. Off: no measurable gain locally "

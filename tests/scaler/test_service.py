@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from facerec.messages import parse_request
-from facerec.ports import DataTier, Fleet
+from facerec.ports import DataTier, Fleet, WorkerInfo
 from facerec.scaler.service import ScalerService
 from facerec.settings import Settings
 from facerec.testing import answer_by_digest, jpeg_bytes, memory_data_tier
@@ -125,3 +125,23 @@ async def test_scaler_stops_with_the_app() -> None:
         task_names = {t.get_name() for t in asyncio.all_tasks()}
         assert "facerec-scaler" in task_names
     assert "facerec-scaler" not in {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+
+
+async def test_worker_states_are_read_once_for_concurrent_callers() -> None:
+    """Every recognition asks for the workers' states: one fleet read (a DescribeInstances on AWS) serves them."""
+    fleet = FakeFleet(max_workers=2)
+    await fleet.start(1)
+    reads = 0
+    original = fleet.list
+
+    async def counted() -> list[WorkerInfo]:
+        nonlocal reads
+        reads += 1
+        return await original()
+
+    fleet.list = counted  # type: ignore[method-assign]
+    service = ScalerService(Settings())
+    service.fleet = fleet
+    states = await asyncio.gather(*(service.worker_states() for _ in range(20)))
+    assert {(s.running, s.starting, s.stopping) for s in states} == {(1, 0, 0)}
+    assert reads == 1

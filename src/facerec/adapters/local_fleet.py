@@ -1,6 +1,12 @@
-"""The local Fleet: app-tier workers as subprocesses of this (web) process.
+"""The local Fleet: app-tier workers as processes on this machine.
 
-A worker is `pending` from spawn until it creates its ready file (model loaded, data tier open), then
+How a worker starts (`worker_start`): `fork` (default on Linux) asks the worker template
+(`facerec.worker.template`, started with the fleet) to fork one: imports and model load were paid once by
+the template, so a worker is ready in a fraction of a second. `spawn` runs a fresh `python -m facerec.worker`
+per worker (several seconds of imports each). When the template dies the fleet logs it, spawns meanwhile and
+starts a new template; a template that dies before it is ever ready is not restarted (spawn from then on).
+
+A worker is `pending` from its start until it creates its ready file (model loaded, data tier open), then
 `running`; after `stop()` it is `stopping` until it exits, and once reaped it disappears from `list()`.
 `list()` only polls (no waiting), because the scaler calls it several times a second.
 """
@@ -24,7 +30,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from facerec.adapters.fork_template import ForkTemplate
 from facerec.ports import PortError, WorkerInfo, WorkerState
 from facerec.settings import Settings
 from facerec.worker.memory import MALLOC_ARENAS
@@ -37,7 +45,23 @@ NAME_ENV = "FACEREC_WORKER_NAME"
 THREADS_ENV = "FACEREC_TORCH_THREADS"
 # The worker finishes its batch within shutdown_grace_s; this margin covers interpreter shutdown.
 KILL_MARGIN_S = 2.0
-_EXIT_POLL_S = 0.05
+_EXIT_POLL_S = 0.02
+TEMPLATE_READY_TIMEOUT_S = 300.0
+"""How long a start waits for a loading template (a spawn would pay the same imports anyway)."""
+TEMPLATE_LOG = "worker-template.log"
+
+
+WorkerTimingListener = Callable[[str, float, str], None]
+"""(event, seconds, start mode): `ready` with the start-to-ready time, `exited` with the stop time."""
+
+
+class _Process(Protocol):
+    """What the fleet needs of a worker process: `subprocess.Popen` (spawned) or `ForkedProcess`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
 
 
 def usable_cores() -> int:
@@ -112,12 +136,14 @@ def _parent_death_signal() -> Callable[[], None] | None:
 class _Worker:
     name: str
     number: int
-    process: subprocess.Popen[bytes]
+    process: _Process
     ready_file: Path
     launched_at: float
     ready: bool = False
     stop_requested_at: float | None = None
     started_mono: float = field(default_factory=time.monotonic)
+    how: str = "spawn"
+    on_event: WorkerTimingListener | None = None
 
     @property
     def worker_id(self) -> str:
@@ -128,9 +154,16 @@ class _Worker:
             return WorkerState.STOPPING
         if not self.ready and self.ready_file.exists():
             self.ready = True  # sticky: one stat per pending worker per list(), none once running
+            if self.on_event is not None:
+                self.on_event("ready", self._age(), self.how)
             log.info(
                 "worker_ready",
-                extra={"worker": self.name, "pid": self.process.pid, "ready_s": round(self._age(), 3)},
+                extra={
+                    "worker": self.name,
+                    "pid": self.process.pid,
+                    "ready_s": round(self._age(), 3),
+                    "start": self.how,
+                },
             )
         return WorkerState.RUNNING if self.ready else WorkerState.PENDING
 
@@ -143,8 +176,11 @@ class _Worker:
     def signal(self, signum: int) -> None:
         # The worker leads its own process group: signal its helpers (e.g. compile workers) too.
         if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
                 os.killpg(self.process.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self.process.pid, signum)  # not (yet) leading a group of its own
 
 
 class LocalFleet:
@@ -159,7 +195,9 @@ class LocalFleet:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         stop_grace_s: float | None = None,
+        template_command: Sequence[str] | None = None,
     ) -> None:
+        """`command` replaces the worker command (and implies spawn); `template_command` the template's."""
         if max_workers < 0:
             raise ValueError("max_workers must be >= 0")
         self.max_workers = max_workers
@@ -173,8 +211,52 @@ class LocalFleet:
         self._reapers: set[asyncio.Task[None]] = set()
         self._spawn_seq = itertools.count(1)
         self._closed = False
+        self.start_mode = "spawn" if command is not None else settings.worker_start
+        self._template_command = list(template_command) if template_command is not None else None
+        self._template: ForkTemplate | None = None
+        self._template_failures = 0
+        self.timing_listeners: list[WorkerTimingListener] = []
+        """Told each worker's start-to-ready and stop duration (the web tier's /metrics histograms)."""
+
+    async def prepare(self) -> None:
+        """Start the worker template now (fork mode), so its imports overlap with whatever comes first."""
+        await self._template_for_start()
+
+    async def _template_for_start(self) -> ForkTemplate | None:
+        """The template to fork from, (re)started if needed; None when this fleet spawns instead."""
+        if self.start_mode != "fork" or self._closed:
+            return None
+        template = self._template
+        if template is not None and not template.alive:
+            code = template.process.poll() if template.process is not None else None
+            was_ready = bool(template.ready_info)
+            self._template_failures = 0 if was_ready else self._template_failures + 1
+            log.warning(
+                "template_died",
+                extra={"exit_code": code, "was_ready": was_ready, "log": str(self._log_dir / TEMPLATE_LOG)},
+            )
+            await template.close(timeout_s=0)
+            self._template = template = None
+            if self._template_failures >= 2:
+                self.start_mode = "spawn"
+                log.warning("template_disabled", extra={"reason": "died twice before it was ready", "now": "spawn"})
+                return None
+        if template is None:
+            template = ForkTemplate(
+                self._env, self._log_dir / TEMPLATE_LOG, command=self._template_command, preexec=self._preexec
+            )
+            try:
+                await template.start()
+            except PortError as exc:
+                log.warning("template_start_failed", extra={"error": str(exc), "now": "spawn"})
+                self.start_mode = "spawn"
+                return None
+            self._template = template
+        return template
 
     async def list(self) -> list[WorkerInfo]:
+        if self.start_mode == "fork" and (self._template is None or not self._template.alive):
+            await self._template_for_start()  # started with the first look, restarted after a death
         self._reap()
         return [w.info() for w in self._workers]
 
@@ -183,7 +265,7 @@ class LocalFleet:
             raise PortError("fleet is closed")
         self._reap()
         active = sum(1 for w in self._workers if w.stop_requested_at is None)
-        started = [self._spawn() for _ in range(max(0, min(count, self.max_workers - active)))]
+        started = [await self._launch() for _ in range(max(0, min(count, self.max_workers - active)))]
         return [w.info() for w in started]
 
     async def stop(self, worker_ids: Sequence[str]) -> None:
@@ -201,16 +283,47 @@ class LocalFleet:
         if self._reapers:
             await asyncio.gather(*self._reapers, return_exceptions=True)
         self._reap()
+        if self._template is not None:
+            await self._template.close()
+            self._template = None
         shutil.rmtree(self._run_dir, ignore_errors=True)
 
-    def _spawn(self) -> _Worker:
+    async def _launch(self) -> _Worker:
         taken = {w.number for w in self._workers}
         number = next(n for n in itertools.count(1) if n not in taken)
         name = f"{NAME_PREFIX}{number}"
-        # A fresh ready-file path per spawn: a file left by an earlier worker of that name never counts.
+        # A fresh ready-file path per start: a file left by an earlier worker of that name never counts.
         ready_file = self._run_dir / f"{name}.{next(self._spawn_seq)}.ready"
-        env = {**self._env, NAME_ENV: name, READY_FILE_ENV: str(ready_file)}
+        extra = {NAME_ENV: name, READY_FILE_ENV: str(ready_file)}
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        template = await self._template_for_start()
+        if template is not None:
+            started = time.monotonic()
+            if await template.wait_ready(TEMPLATE_READY_TIMEOUT_S):
+                try:
+                    process = await template.fork(name, extra, self._log_dir / f"{name}.log")
+                except PortError as exc:
+                    log.warning("worker_fork_failed", extra={"worker": name, "error": str(exc), "now": "spawn"})
+                else:
+                    worker = _Worker(name, number, process, ready_file, launched_at=time.time(), how="fork")
+                    worker.started_mono = started  # start-to-ready includes any wait for the template
+                    worker.on_event = self._notify
+                    self._workers.append(worker)
+                    log.info("worker_started", extra={"worker": name, "pid": process.pid, "start": "fork"})
+                    return worker
+            else:
+                log.warning("worker_start_fallback", extra={"worker": name, "reason": "template not ready"})
+        return self._spawn(name, number, ready_file, extra)
+
+    def _notify(self, event: str, seconds: float, how: str) -> None:
+        for listener in self.timing_listeners:
+            try:
+                listener(event, seconds, how)
+            except Exception:  # a metrics problem must never break the fleet
+                log.exception("timing_listener_failed")
+
+    def _spawn(self, name: str, number: int, ready_file: Path, extra: Mapping[str, str]) -> _Worker:
+        env = {**self._env, **extra}
         try:
             with open(self._log_dir / f"{name}.log", "ab") as log_file:
                 process = subprocess.Popen(
@@ -224,9 +337,9 @@ class LocalFleet:
                 )
         except OSError as exc:
             raise PortError(f"cannot start worker {name}: {exc}") from exc
-        worker = _Worker(name, number, process, ready_file, launched_at=time.time())
+        worker = _Worker(name, number, process, ready_file, launched_at=time.time(), on_event=self._notify)
         self._workers.append(worker)
-        log.info("worker_started", extra={"worker": name, "pid": process.pid})
+        log.info("worker_started", extra={"worker": name, "pid": process.pid, "start": "spawn"})
         return worker
 
     def _request_stop(self, worker: _Worker) -> None:
@@ -259,7 +372,7 @@ class LocalFleet:
             if worker.stop_requested_at is None:
                 log.warning("worker_crashed", extra=fields)
             else:
-                log.info(
-                    "worker_exited", extra={**fields, "stop_s": round(time.monotonic() - worker.stop_requested_at, 3)}
-                )
+                stop_s = time.monotonic() - worker.stop_requested_at
+                log.info("worker_exited", extra={**fields, "stop_s": round(stop_s, 3)})
+                self._notify("exited", stop_s, worker.how)
         self._workers = alive

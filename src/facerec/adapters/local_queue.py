@@ -274,6 +274,9 @@ class SqliteDatabase:
 class SqliteQueue:
     """One named queue in a `SqliteDatabase`, with the semantics of `MemoryQueue` across processes."""
 
+    receive_cancel_safe = True
+    """A receive cancelled while its claim runs hands the claimed messages back (`_unreceive`)."""
+
     def __init__(
         self,
         database: SqliteDatabase,
@@ -397,13 +400,43 @@ class SqliteQueue:
         while True:
             # Snapshot before looking: a send committed after it wakes us even if the claim just missed it.
             seen = watcher.snapshot(self.name)
-            taken, next_visible = await self.database.run(lambda c: self._claim(c, limit, timeout))
+            claim = asyncio.ensure_future(self.database.run(lambda c: self._claim(c, limit, timeout)))
+            try:
+                taken, next_visible = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                # The claim runs to its end on the database thread whatever happens here: give back what it
+                # took, so a stopping worker's cancelled receive spends no delivery.
+                await asyncio.shield(self._give_back(claim))
+                raise
             remaining = deadline - time.monotonic()
             if taken or remaining <= 0:
                 return taken
             if next_visible is not None:
                 remaining = min(remaining, max(0.0, next_visible - time.time()) + POLL_FAST_S)
             await watcher.wait_changed(self.name, seen, remaining)
+
+    async def _give_back(self, claim: asyncio.Future[tuple[list[ReceivedMessage], float | None]]) -> None:
+        try:
+            taken, _ = await claim
+        except Exception:
+            return  # the claim failed: nothing was taken
+        if taken:
+            await self._unreceive([message.receipt for message in taken])
+            log.info("queue_receive_given_back", extra={"queue": self.name, "count": len(taken)})
+
+    async def _unreceive(self, receipts: Sequence[str]) -> None:
+        """Undo a receive: visible at once, receive count as before, the receipts void."""
+
+        def work(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE messages SET visible_at = ?, receive_count = max(receive_count - 1, 0), receipt = NULL "
+                "WHERE queue = ? AND receipt = ?",
+                [(time.time(), self.name, receipt) for receipt in receipts],
+            )
+            c.execute(_SIGNAL, (self.name,))
+
+        await self.database.run(lambda c: self.database.transaction(c, work))
+        self.database.watcher.notify()
 
     async def delete_batch(self, receipts: Sequence[str]) -> None:
         if not receipts:

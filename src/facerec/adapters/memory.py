@@ -58,6 +58,8 @@ class _Stored:
 
 
 class MemoryQueue:
+    receive_cancel_safe = True  # a receive takes messages synchronously: a cancelled wait took nothing
+
     def __init__(
         self,
         name: str = "memory",

@@ -46,6 +46,11 @@ def _visibility_seconds(timeout: float) -> int:
 class SqsQueue:
     """Use `await SqsQueue.from_name(aws, name)` to resolve the URL and the queue's own size limit."""
 
+    receive_cancel_safe = False
+    """Closing the connection of a long poll does not end it on the server: the messages it then takes are
+    hidden for a visibility timeout and one of their receives is spent. Workers poll in short slices instead
+    and let the slice in flight finish (`worker_poll_slice_s`)."""
+
     def __init__(self, aws: AwsClients, queue_url: str, name: str | None = None, max_message_bytes: int = 1024) -> None:
         self._aws = aws
         self.url = queue_url

@@ -16,6 +16,7 @@ _BENCHMARKS: dict[str, str] = {
     "load": "facerec.bench.load",
     "stack": "facerec.bench.stack",
     "elastic": "facerec.bench.elastic",
+    "start": "facerec.bench.start",
 }
 
 

@@ -143,7 +143,12 @@ def serve(log_level: str, **options: Any) -> None:
     configure_logging(log_level.upper())
 
     service = ScalerService(settings)
-    app = create_app(settings, worker_count=service.worker_count, companions=[service.companion])
+    app = create_app(
+        settings,
+        worker_count=service.worker_count,
+        worker_states=service.worker_states,
+        companions=[service.companion],
+    )
     first, *rest = lines
     click.echo(first)
     for line in rest:

@@ -43,9 +43,12 @@ def worker(
     from facerec.worker.memory import lean_worker_process
 
     lean_worker_process()  # before torch is imported or any thread starts
-    from facerec.worker.service import import_factory, load_recognizer, run_worker
+    from facerec.worker.service import exit_now, import_factory, load_recognizer, run_worker
 
     configure_logging(log_level.upper())
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     factory = import_factory(recognizer_factory) if recognizer_factory else load_recognizer
     run_worker(settings, factory, name=name, ready_file=ready_file)
+    # Stopped cleanly: every message is settled or released and the data tier closed. Skip the interpreter's
+    # teardown, which spends 1.5-4 s unloading torch (measured here) while the fleet waits for the exit.
+    exit_now()

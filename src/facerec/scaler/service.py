@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -15,8 +16,11 @@ from facerec.ports import DataTier, Fleet, WorkerState
 from facerec.scaler.loop import Scaler
 from facerec.scaler.policy import ScalingConfig
 from facerec.settings import Settings
+from facerec.web.api import WorkersOut
 
 log = logging.getLogger(__name__)
+
+STATES_TTL_S = 0.5
 
 FleetOpener = Callable[[Settings], AbstractAsyncContextManager[Fleet]]
 
@@ -50,6 +54,26 @@ class ScalerService:
         self.settings = settings
         self._open_fleet = open_fleet or _default_fleet_opener
         self.fleet: Fleet | None = None
+        self._states: tuple[float, WorkersOut] | None = None
+        self._states_read: asyncio.Future[WorkersOut] | None = None
+
+    async def worker_states(self) -> WorkersOut:
+        """Workers by state, for /v1/workers, the page and `timings.cold_start` (none before the fleet is
+        open). Read at most every STATES_TTL_S and shared by concurrent callers: every recognition asks, and
+        on AWS a fleet read is a DescribeInstances call."""
+        cached = self._states
+        if cached is not None and time.monotonic() - cached[0] < STATES_TTL_S:
+            return cached[1]
+        if self._states_read is None or self._states_read.done():
+            self._states_read = asyncio.ensure_future(self._read_states())
+        return await asyncio.shield(self._states_read)
+
+    async def _read_states(self) -> WorkersOut:
+        from facerec.web.app import count_states
+
+        states = count_states(await self.fleet.list() if self.fleet is not None else [])
+        self._states = (time.monotonic(), states)
+        return states
 
     async def worker_count(self) -> int:
         """Workers running or starting, for /metrics (0 before the fleet is open)."""
@@ -72,6 +96,10 @@ class ScalerService:
                 interval_s=self.settings.scaler_interval_s,
             )
             pending.add_listener(scaler.notify)
+            metrics = getattr(app.state, "metrics", None)
+            listeners = getattr(fleet, "timing_listeners", None)
+            if metrics is not None and isinstance(listeners, list):
+                listeners.append(metrics.observe_worker)  # worker start/stop histograms in /metrics
             self.fleet = fleet
             task = asyncio.create_task(scaler.run(), name="facerec-scaler")
             log.info("scaler_started", extra={"max_workers": scaler.config.max_workers})

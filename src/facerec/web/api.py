@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -79,6 +80,20 @@ class Timings(BaseModel):
     queue_wait_s: float | None = Field(None, description="Time the request waited in the queue (worker's view).")
     inference_s: float | None = Field(None, description="The worker's detection + embedding time for the batch.")
     total_s: float = Field(description="Upload received to answer, as measured by the web tier.")
+    cold_start: bool | None = Field(
+        None,
+        description="True when no worker was running as the request arrived, so `total_s` includes starting one "
+        "(the model loading); null where this web process does not run the workers' fleet.",
+    )
+
+
+class WorkersOut(BaseModel):
+    running: int = Field(description="Workers ready to recognize.")
+    starting: int = Field(description="Workers starting (loading the model).")
+    stopping: int = Field(description="Workers finishing their last batch before they exit.")
+
+
+WorkerStates = Callable[[], Awaitable[WorkersOut]]
 
 
 class RecognitionOut(BaseModel):
@@ -215,6 +230,30 @@ def _gateway(request: Request) -> RecognitionGateway:
     return gateway
 
 
+async def _workers(request: Request) -> WorkersOut | None:
+    """The fleet's workers by state, where this process runs the fleet (None otherwise or when unreadable)."""
+    states: WorkerStates | None = getattr(request.app.state, "worker_states", None)
+    if states is None:
+        return None
+    try:
+        return await asyncio.wait_for(states(), 2.0)
+    except Exception:  # a status line must never fail a recognition
+        return None
+
+
+@router.get(
+    "/v1/workers",
+    response_model=WorkersOut,
+    summary="Workers by state (the page says 'starting the model…' while none is running)",
+    responses={404: {"description": "This web process does not run the workers' fleet (or cannot read it now)."}},
+)
+async def workers(request: Request) -> WorkersOut:
+    found = await _workers(request)
+    if found is None:
+        raise ServiceError(404, "no_fleet", "the workers' state is not known to this web process")
+    return found
+
+
 async def _recognize(request: Request, top_k: int | None = None, all_faces: bool = False) -> Answer:
     await authorize(request, "recognize")
     gateway = _gateway(request)
@@ -273,6 +312,7 @@ async def recognize_json(
         ),
     ] = 1,
 ) -> RecognitionOut:
+    before = await _workers(request)
     answer = await _recognize(request, top_k=top_k, all_faces=True)
     result = answer.response.result
     assert result is not None
@@ -288,7 +328,7 @@ async def recognize_json(
         candidates=result.candidates or [],
         faces=result.faces or [],
         worker=answer.response.worker,
-        timings=_timings(answer),
+        timings=_timings(answer, None if before is None else before.running == 0),
     )
 
 
@@ -336,12 +376,13 @@ async def verify(request: Request) -> VerificationOut:
     )
 
 
-def _timings(answer: Answer) -> Timings:
+def _timings(answer: Answer, cold_start: bool | None = None) -> Timings:
     timings = answer.response.timings
     return Timings(
         queue_wait_s=timings.queue_wait_s if timings else None,
         inference_s=timings.inference_s if timings else None,
         total_s=round(answer.total_s, 6),
+        cold_start=cold_start,
     )
 
 

@@ -8,12 +8,12 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import FastAPI
 
-from facerec.ports import DataTier, Fleet, WorkerState
+from facerec.ports import DataTier, Fleet, WorkerInfo, WorkerState
 from facerec.settings import Settings, get_settings
 from facerec.web.access_log import AccessLog
 from facerec.web.admission import ByteBudget, InflightBytes
-from facerec.web.api import router
 from facerec.web.auth import FailedAttempts
+from facerec.web.api import WorkersOut, WorkerStates, router
 from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
@@ -47,12 +47,32 @@ def fleet_worker_count(fleet: Fleet) -> Callable[[], Awaitable[int]]:
     return count
 
 
+def _fleet_states(fleet: Fleet | None) -> WorkerStates | None:
+    if fleet is None:
+        return None
+
+    async def states() -> WorkersOut:
+        return count_states(await fleet.list())
+
+    return states
+
+
+def count_states(workers: Sequence[WorkerInfo]) -> WorkersOut:
+    def count(state: WorkerState) -> int:
+        return sum(1 for w in workers if w.state == state)
+
+    return WorkersOut(
+        running=count(WorkerState.RUNNING), starting=count(WorkerState.PENDING), stopping=count(WorkerState.STOPPING)
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     data_tier_factory: DataTierFactory | None = None,
     *,
     fleet: Fleet | None = None,
     worker_count: WorkerCount | None = None,
+    worker_states: WorkerStates | None = None,
     companions: Sequence[Companion] = (),
 ) -> FastAPI:
     """`app.state.pending.in_flight` is the exact number of requests in flight (for the scaler);
@@ -103,6 +123,7 @@ def create_app(
     app.state.pending = pending
     app.state.metrics = metrics
     app.state.failed_key_attempts = FailedAttempts(settings.auth_failures_per_minute)
+    app.state.worker_states = worker_states if worker_states is not None else _fleet_states(fleet)
     app.state.gallery_file_people = load_gallery_file_people(settings.gallery)
     install_error_handlers(app)
     app.include_router(router)

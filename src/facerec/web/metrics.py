@@ -19,6 +19,9 @@ WorkerCount = Callable[[], Awaitable[int]]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Routes worth their own label; anything else is `other` so scanners cannot blow up label cardinality.
 MEASURED_ROUTES = frozenset({"/", "/v1/recognitions"})
+# Worker start-to-ready: forked from the template in tenths of a second, spawned in seconds.
+WORKER_START_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
+WORKER_STOP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class WebMetrics:
@@ -52,6 +55,26 @@ class WebMetrics:
             "facerec_upload_bytes_in_flight", "Request body bytes admitted and not yet stored.", registry=self.registry
         )
         self.workers = Gauge("facerec_workers", "App-tier workers pending or running.", registry=self.registry)
+        self.worker_start = Histogram(
+            "facerec_worker_start_to_ready_seconds",
+            "From a worker's start until it is ready (model loaded, data tier open), by start mode.",
+            ["start"],
+            buckets=WORKER_START_BUCKETS,
+            registry=self.registry,
+        )
+        self.worker_stop = Histogram(
+            "facerec_worker_stop_seconds",
+            "From a stop request (SIGTERM) until the worker process exited.",
+            buckets=WORKER_STOP_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_worker(self, event: str, seconds: float, start: str) -> None:
+        """A fleet's timing listener: `ready` (start-to-ready) or `exited` (stop duration)."""
+        if event == "ready":
+            self.worker_start.labels(start).observe(seconds)
+        elif event == "exited":
+            self.worker_stop.observe(seconds)
 
     async def render(self, request_queue: MessageQueue, timeout_s: float = 2.0) -> bytes:
         """The exposition text, with the queue depth and worker count read now (NaN when unreadable)."""

@@ -116,7 +116,9 @@ class Worker:
         backoff = PORT_ERROR_BACKOFF_S[0]
         log.info("worker_started", extra={"worker": self.name, "batch_max": self.settings.batch_max})
         try:
-            while not stop.is_set():
+            # After a stop, a prefetch in flight is still awaited (and its batch processed): abandoning it
+            # would release what it received and spend a delivery of each message.
+            while not stop.is_set() or pending is not None:
                 try:
                     current = await (pending or self._next_batch(stop))
                     pending = None
@@ -159,21 +161,23 @@ class Worker:
         """Up to `batch_max` messages: one long poll for the first, then a bounded wait to fill the batch."""
         queue, batch_max = self.data.requests, self.settings.batch_max
         timeout = self.settings.visibility_timeout_s
-        first = asyncio.ensure_future(
-            queue.receive(min(RECEIVE_MAX, batch_max), self.settings.worker_poll_wait_s, timeout)
-        )
+        wait_s = self.settings.worker_poll_wait_s
+        if not queue.receive_cancel_safe:
+            wait_s = min(wait_s, self.settings.worker_poll_slice_s)
+        first = asyncio.ensure_future(queue.receive(min(RECEIVE_MAX, batch_max), wait_s, timeout))
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({first, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-        if not first.done():
-            # Stopping: a receive cancelled mid-flight at worst delays its messages by one visibility timeout.
+        if not first.done() and queue.receive_cancel_safe:
+            # Stopping while idle: this queue takes back whatever the cancelled receive claimed.
             first.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await first
             return []
-        messages = first.result()
+        # Otherwise (SQS) the short poll in flight ends on its own; what it got is processed, not abandoned.
+        messages = await first
         self.in_hand.add(m.receipt for m in messages)
         fill_until = time.monotonic() + self.settings.batch_fill_wait_ms / 1000
         while messages and len(messages) < batch_max and not stop.is_set():

@@ -16,13 +16,14 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import FrameType
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 from facerec.ports import DataTier
 from facerec.recognition.results import BatchRecognizer
@@ -48,14 +49,22 @@ class _LoopOutcome(TypedDict, total=False):
     error: BaseException
 
 
-def load_recognizer(settings: Settings) -> BatchRecognizer:
-    """The real model and gallery, warmed up (imports torch: only ever called in a worker process)."""
+def preload_recognizer(settings: Settings) -> BatchRecognizer:
+    """The real model and gallery, not yet warmed up (the worker template warms up with one thread, then
+    each forked worker again with its own; see `facerec.worker.template`). Imports torch."""
     from facerec.recognition.gallery import load_gallery
     from facerec.recognition.recognizer import Recognizer
 
     gallery = load_gallery(settings.gallery, settings) if settings.gallery else None
-    recognizer = Recognizer(settings, gallery)
-    recognizer.warm_up()
+    return Recognizer(settings, gallery)
+
+
+def load_recognizer(settings: Settings) -> BatchRecognizer:
+    """The real model and gallery, warmed up (imports torch: only ever called in a worker process)."""
+    recognizer = preload_recognizer(settings)
+    warm_up = getattr(recognizer, "warm_up", None)
+    if callable(warm_up):
+        warm_up()
     return recognizer
 
 
@@ -66,6 +75,15 @@ def import_factory(spec: str) -> RecognizerFactory:
         raise ValueError(f"expected module:callable, got {spec!r}")
     factory: RecognizerFactory = getattr(importlib.import_module(module_name), attr)  # whatever the spec names
     return factory
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End the worker process at once, logs flushed, without the interpreter's teardown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def mark_ready(path: Path) -> None:

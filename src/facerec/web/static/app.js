@@ -149,6 +149,7 @@ function failureMessage(table, status, retryAfter) {
 
 const recognizer = {
   sequence: 0, // a newer choice wins: answers to older uploads are dropped
+  settled: 0, // the last sequence whose request came back (answer or error)
   previewUrl: null,
 };
 
@@ -222,7 +223,8 @@ function showAnswer(answer, previewShown) {
   photo.hidden = !previewShown;
   $("result-name").textContent = answer.no_face ? "No face" : answer.name;
   $("result-distance").textContent = typeof answer.distance === "number" ? answer.distance.toFixed(3) : "—";
-  $("result-time").textContent = formatSeconds(answer.timings.total_s);
+  const took = formatSeconds(answer.timings.total_s);
+  $("result-time").textContent = answer.timings.cold_start ? `${took} (including starting the model)` : took;
   const status = $("recognize-status");
   if (answer.no_face) {
     placeBox(null, photo);
@@ -245,6 +247,21 @@ function showRecognizeFailure(message) {
   setStatus($("recognize-status"), message, "error");
 }
 
+// After a pause the workers have stopped: the first answer waits for one to start (load the model).
+async function sayWhenStarting(sequence, fileName) {
+  let workers;
+  try {
+    const response = await fetch("/v1/workers");
+    if (!response.ok) return;
+    workers = await response.json();
+  } catch {
+    return;
+  }
+  if (sequence === recognizer.sequence && workers.running === 0 && recognizer.settled !== sequence) {
+    setStatus($("recognize-status"), `Starting the model… then recognizing ${fileName}.`, "busy");
+  }
+}
+
 async function recognize(file) {
   const sequence = ++recognizer.sequence;
   const limit = maxUploadBytes();
@@ -255,13 +272,16 @@ async function recognize(file) {
     return;
   }
   setStatus($("recognize-status"), `Recognizing ${file.name}…`, "busy");
+  sayWhenStarting(sequence, file.name);
   const preview = showPreview(file);
   const form = new FormData();
   form.append("inputFile", file, file.name);
   let response;
   try {
     response = await apiFetch(`/v1/recognitions?top_k=${TOP_K}`, { method: "POST", body: form });
+    recognizer.settled = sequence;
   } catch {
+    recognizer.settled = sequence;
     if (sequence === recognizer.sequence) showRecognizeFailure(UNREACHABLE);
     return;
   }

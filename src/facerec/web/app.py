@@ -12,8 +12,8 @@ from facerec.ports import DataTier, Fleet, WorkerInfo, WorkerState
 from facerec.settings import Settings, get_settings
 from facerec.web.access_log import AccessLog
 from facerec.web.admission import ByteBudget, InflightBytes
-from facerec.web.auth import FailedAttempts
 from facerec.web.api import WorkersOut, WorkerStates, router
+from facerec.web.auth import FailedAttempts
 from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway

@@ -130,3 +130,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> float:
         assert time.monotonic() - started < timeout_s, "condition not met in time"
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+def colour_recognizer(settings: Settings) -> ColourModel:
+    """For `--recognizer-factory tests.colour_model:colour_recognizer` (worker and enroll processes)."""
+    return ColourModel()

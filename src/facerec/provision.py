@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.iam_roles import delete_roles, ensure_roles, roles_status
 from facerec.settings import Settings
 
 if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
@@ -42,6 +43,7 @@ POLICIES: dict[str, Traversable] = {
 USER_DATA = DEPLOY_DIR / "aws" / "worker-user-data.sh"
 
 DLQ_RETENTION_S = 14 * 24 * 3600  # the SQS maximum: dead letters are kept for inspection
+PROFILE_RETRIES, PROFILE_RETRY_S = 12, 5.0
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _MISSING_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
@@ -68,10 +70,10 @@ _WORKER_SETTINGS = (
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str
-    """bucket, queue, instance."""
+    """bucket, rule, queue, role, profile, instance."""
     name: str
     outcome: str
-    """created, updated, exists, deleted, terminated, absent, or (status) the resource's state."""
+    """created, updated, exists, deleted, kept, terminated, absent, or (status) the resource's state."""
     detail: str = ""
 
     def __str__(self) -> str:
@@ -167,6 +169,46 @@ async def ensure_bucket(s3: S3Client, name: str, region: str) -> Action:
         },
     )
     return Action("bucket", name, "created")
+
+
+LIFECYCLE_RULE_ID = "facerec-expire-requests"
+
+
+async def ensure_expiry(s3: S3Client, name: str, days: int) -> Action:
+    """Inputs and results are only needed while a request is answered (and for a while after, to look into
+    one): a lifecycle rule deletes them `days` after they were written, so they cost nothing forever."""
+    current = await bucket_expiry_days(s3, name)
+    if current == days:
+        return Action("rule", f"{name} expiry", "exists", f"{days} days")
+    await s3.put_bucket_lifecycle_configuration(
+        Bucket=name,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": LIFECYCLE_RULE_ID,
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "Expiration": {"Days": days},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                }
+            ]
+        },
+    )
+    return Action("rule", f"{name} expiry", "created" if current is None else "updated", f"{days} days")
+
+
+async def bucket_expiry_days(s3: S3Client, name: str) -> int | None:
+    try:
+        rules = (await s3.get_bucket_lifecycle_configuration(Bucket=name)).get("Rules", [])
+    except ClientError as exc:
+        if _code(exc) == "NoSuchLifecycleConfiguration":
+            return None
+        raise
+    for rule in rules:
+        if rule.get("ID") == LIFECYCLE_RULE_ID and rule.get("Status") == "Enabled":
+            days = rule.get("Expiration", {}).get("Days")
+            return int(days) if days is not None else None
+    return None
 
 
 async def queue_url(sqs: SQSClient, name: str) -> str | None:
@@ -279,20 +321,35 @@ async def _run_pool_instance(ec2: EC2Client, settings: Settings, spec: PoolSpec,
     }
     if spec.instance_profile:
         kwargs["IamInstanceProfile"] = {"Name": spec.instance_profile}
-    reply = await ec2.run_instances(**kwargs)
+    for attempt in range(PROFILE_RETRIES + 1):
+        try:
+            reply = await ec2.run_instances(**kwargs)
+            break
+        except ClientError as exc:
+            # A profile made seconds ago (--create-roles) takes a while to reach EC2: IAM is eventually consistent.
+            young_profile = _code(exc) == "InvalidParameterValue" and "profile" in str(exc).lower()
+            if not (spec.instance_profile and young_profile and attempt < PROFILE_RETRIES):
+                raise
+            await asyncio.sleep(PROFILE_RETRY_S)
     return reply["Instances"][0]["InstanceId"], name
 
 
 # --- commands -------------------------------------------------------------------------------------
 
 
-async def provision(aws: AwsClients, settings: Settings, pool: PoolSpec | None = None) -> list[Action]:
+async def provision(
+    aws: AwsClients, settings: Settings, pool: PoolSpec | None = None, *, create_roles: bool = False
+) -> list[Action]:
     s3 = await aws.s3()
     actions = [
         await ensure_bucket(s3, name, settings.aws_region)
         for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket)
     ]
+    for name in (settings.in_bucket, settings.out_bucket):
+        actions.append(await ensure_expiry(s3, name, settings.aws_object_expiry_days))
     actions += await ensure_queues(await aws.sqs(), settings)
+    if create_roles:
+        actions += await ensure_roles(aws, settings)
     if pool is not None:
         actions += await ensure_pool(await aws.ec2(), settings, pool)
     for action in actions:
@@ -322,6 +379,7 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
         removed = await _empty_bucket(s3, name)
         await s3.delete_bucket(Bucket=name)
         actions.append(Action("bucket", name, "deleted", f"{removed} objects"))
+    actions += await delete_roles(aws, settings)
     for action in actions:
         log.info("torn_down", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
     return actions
@@ -351,6 +409,9 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
             continue
         page = await s3.list_objects_v2(Bucket=name, MaxKeys=1000)
         count = f"{page.get('KeyCount', 0)}{'+' if page.get('IsTruncated') else ''} objects"
+        if name in (settings.in_bucket, settings.out_bucket):
+            days = await bucket_expiry_days(s3, name)
+            count += f", objects expire after {days} days" if days else ", no expiry rule"
         actions.append(Action("bucket", name, "exists", count))
     sqs = await aws.sqs()
     for name in (settings.req_queue, settings.resp_queue, settings.dlq):
@@ -362,6 +423,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
         found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
         detail = f"{found.get(wanted[0], '?')} visible, {found.get(wanted[1], '?')} in flight"
         actions.append(Action("queue", name, "exists", detail))
+    actions += await roles_status(aws, settings)
     instances = await describe_fleet(await aws.ec2(), settings.prefix)
     for instance in sorted(instances, key=lambda i: name_number(tag_value(i, "Name") or "") or 0):
         name = tag_value(instance, "Name") or ""

@@ -36,6 +36,7 @@ from facerec.cli import main
 from facerec.provision import DEPLOY_DIR
 from facerec.testing import MOTO_REGION, jpeg_bytes
 from tests.aws import boto3_client, image_id
+from tests.colour_model import GATE_ENV, GATED
 from tests.e2e.processes import free_port, wait_for_http
 from tests.paths import REPO_ROOT
 
@@ -57,6 +58,8 @@ class Rehearsal:
     answers: list[tuple[str, str]] = field(default_factory=list)
     """(answer, expected) for every recognition request."""
     enrolled: dict[str, Any] = field(default_factory=dict)
+    deleted_while_enrolling: int = 0
+    late_enrollment: dict[str, Any] = field(default_factory=dict)
     running_before_stop: int = 0
     running_after_stop: int = -1
     serve_returncode: int | None = None
@@ -184,6 +187,7 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     }
     logs = workdir / "logs"
     logs.mkdir()
+    (workdir / "gate").mkdir()
     workers = [_worker(number, base_env, rehearsal.worker_environment, logs) for number in range(1, WORKERS + 1)]
 
     _mark("workers started", started)
@@ -207,7 +211,7 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     try:
         wait_for_http(f"{url}/readyz", timeout_s=30, process=serve, log=serve_log)
         _mark("serving", started)
-        asyncio.run(_traffic(rehearsal, url))
+        asyncio.run(_traffic(rehearsal, url, workdir / "gate"))
         _mark("answered", started)
         rehearsal.running_before_stop = running_instances(ec2, prefix)
         serve.send_signal(signal.SIGINT)
@@ -249,6 +253,7 @@ def _worker(number: int, base_env: dict[str, str], instance_env: dict[str, str],
                 **instance_env,
                 "FACEREC_AWS_CALL_LOG": str(logs / "worker-calls.jsonl"),
                 "FACEREC_WORKER_NAME": f"app-tier-instance-{number}",
+                GATE_ENV: str(logs.parent / "gate"),
             },
             stdout=subprocess.DEVNULL,
             stderr=sink,
@@ -256,7 +261,7 @@ def _worker(number: int, base_env: dict[str, str], instance_env: dict[str, str],
         )
 
 
-async def _traffic(rehearsal: Rehearsal, url: str) -> None:
+async def _traffic(rehearsal: Rehearsal, url: str, gate: Path) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         # An enrollment through the API (web tier -> worker -> gallery store), then everyone is asked for.
         name, colour = NEWCOMER
@@ -274,6 +279,21 @@ async def _traffic(rehearsal: Rehearsal, url: str) -> None:
         rehearsal.answers = list(await asyncio.gather(*(one(i) for i in range(REQUESTS))))
         # Forgetting a person (the web tier's deletes in the gallery store).
         await client.delete(f"/v1/people/{name}")
+        # A person deleted while their photo is being embedded: the worker withdraws the record it wrote.
+        enrolling = asyncio.create_task(
+            client.post("/v1/people/Eve/photos", files={"photos": ("eve.jpg", photo(GATED))})
+        )
+        await _until_exists(gate / "entered")
+        rehearsal.deleted_while_enrolling = (await client.delete("/v1/people/Eve")).status_code
+        (gate / "open").touch()
+        rehearsal.late_enrollment = (await enrolling).json()
+
+
+async def _until_exists(path: Path) -> None:
+    deadline = time.monotonic() + 20
+    while not await asyncio.to_thread(path.exists):
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        await asyncio.sleep(0.02)
 
 
 async def _until_known(client: httpx.AsyncClient, name: str, colour: tuple[int, int, int]) -> None:

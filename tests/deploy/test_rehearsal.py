@@ -38,6 +38,12 @@ def test_all_answers_correct(aws_rehearsal: Rehearsal) -> None:
     assert aws_rehearsal.enrolled["person"] == NEWCOMER[0]
 
 
+def test_a_person_deleted_during_enrollment_stays_deleted(aws_rehearsal: Rehearsal) -> None:
+    assert aws_rehearsal.deleted_while_enrolling == 204
+    assert aws_rehearsal.late_enrollment["used"] == [], aws_rehearsal.late_enrollment
+    assert "deleted" in aws_rehearsal.late_enrollment["rejected"][0]["reason"], aws_rehearsal.late_enrollment
+
+
 def test_ctrl_c_scales_the_fleet_to_zero(aws_rehearsal: Rehearsal) -> None:
     assert aws_rehearsal.running_before_stop >= 1, "the requests should have started instances"
     assert aws_rehearsal.serve_returncode == 0, aws_rehearsal.serve_log[-3000:]

@@ -152,8 +152,9 @@ def deletes(role: str) -> set[str]:
     }
 
 
-def test_deletes_only_in_the_gallery() -> None:
-    assert deletes("web") == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
+def test_deletes_only_inputs_and_in_the_gallery() -> None:
+    # The web tier deletes an input whose request the queue refused, and people's photos and records.
+    assert deletes("web") == {f"arn:aws:s3:::{PREFIX}-in-bucket/*", f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
     # A worker only withdraws embedding records it wrote for a person deleted meanwhile: never photos.
     assert deletes("worker") == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/embeddings/*"}
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -130,9 +131,55 @@ def worker_environment(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def render_user_data(settings: Settings, template: Traversable = USER_DATA) -> str:
+WORKER_UNIT = DEPLOY_DIR / "systemd" / "facerec-worker.service"
+WHEEL_PREFIX = "deploy/"
+"""Where provision puts the facerec wheel, in the gallery bucket (the web and worker roles only reach
+`embeddings/`, `photos/`, `generations/` and the gallery file there, all but the web role read-only)."""
+WHEEL_URL_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class WheelSource:
+    """A presigned download of the wheel for the instances' first boot (and the index for CPU torch)."""
+
+    url: str = ""
+    name: str = ""
+    torch_index: str = ""
+
+
+def render_user_data(settings: Settings, template: Traversable = USER_DATA, wheel: WheelSource | None = None) -> str:
     """The worker instances' user data from `template` (a `pathlib.Path` works too)."""
-    return render_template(template.read_text(encoding="utf-8"), {"environment": worker_environment(settings)})
+    wheel = wheel or WheelSource()
+    for value in (wheel.url, wheel.name, wheel.torch_index):
+        if "'" in value or "\n" in value:
+            raise ValueError(f"cannot go into a single-quoted shell string: {value!r}")
+    return render_template(
+        template.read_text(encoding="utf-8"),
+        {
+            "environment": worker_environment(settings),
+            "worker_unit": WORKER_UNIT.read_text(encoding="utf-8").rstrip("\n"),
+            "wheel_url": wheel.url,
+            "wheel_name": wheel.name,
+            "torch_index": wheel.torch_index,
+        },
+    )
+
+
+def check_wheel_name(wheel: Path) -> None:
+    if not re.fullmatch(r"facerec-[^/\s']+\.whl", wheel.name):
+        raise ValueError(f"{wheel.name} is not a facerec wheel (facerec-<version>-...whl)")
+
+
+async def upload_wheel(s3: S3Client, settings: Settings, wheel: Path, torch_index: str = "") -> WheelSource:
+    """Put the facerec wheel into the deployment's gallery bucket and presign its download: the instances
+    install facerec from there at first boot, without the package index or AWS credentials."""
+    check_wheel_name(wheel)
+    key = WHEEL_PREFIX + wheel.name
+    await s3.put_object(Bucket=settings.gallery_bucket, Key=key, Body=await asyncio.to_thread(wheel.read_bytes))
+    url = await s3.generate_presigned_url(
+        "get_object", Params={"Bucket": settings.gallery_bucket, "Key": key}, ExpiresIn=WHEEL_URL_TTL_S
+    )
+    return WheelSource(url=url, name=wheel.name, torch_index=torch_index)
 
 
 # --- buckets and queues ---------------------------------------------------------------------------
@@ -273,10 +320,13 @@ class PoolSpec:
     ami: str
     instance_type: str = "t3.micro"
     instance_profile: str | None = None
-    user_data: str = ""
+    user_data_template: Traversable = USER_DATA
+    wheel: Path | None = None
+    """Uploaded to the gallery bucket; the instances install facerec from it at first boot."""
+    torch_index: str = ""
 
 
-async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> list[Action]:
+async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec, user_data: str = "") -> list[Action]:
     """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones) and then
     stopped once running; existing ones are left as they are."""
     if not 0 <= spec.size <= 99:
@@ -295,7 +345,7 @@ async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> lis
     missing = [n for n in range(1, spec.size + 1) if n not in existing]
     if not missing:
         return actions
-    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n) for n in missing))
+    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n, user_data) for n in missing))
     ids = [instance_id for instance_id, _ in created]
     await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
     await ec2.stop_instances(InstanceIds=ids)
@@ -303,14 +353,16 @@ async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> lis
     return actions
 
 
-async def _run_pool_instance(ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int) -> tuple[str, str]:
+async def _run_pool_instance(
+    ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int, user_data: str
+) -> tuple[str, str]:
     name = f"{NAME_PREFIX}{number}"
     kwargs: dict[str, Any] = {
         "ImageId": spec.ami,
         "InstanceType": spec.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
-        "UserData": spec.user_data,
+        "UserData": user_data,
         # An OS-level shutdown stops the instance (it stays in the pool) rather than terminating it.
         "InstanceInitiatedShutdownBehavior": "stop",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -351,7 +403,12 @@ async def provision(
     if create_roles:
         actions += await ensure_roles(aws, settings)
     if pool is not None:
-        actions += await ensure_pool(await aws.ec2(), settings, pool)
+        wheel = None
+        if pool.wheel is not None:
+            wheel = await upload_wheel(s3, settings, pool.wheel, pool.torch_index)
+            actions.append(Action("wheel", f"s3://{settings.gallery_bucket}/{WHEEL_PREFIX}{wheel.name}", "uploaded"))
+        user_data = render_user_data(settings, pool.user_data_template, wheel)
+        actions += await ensure_pool(await aws.ec2(), settings, pool, user_data)
     for action in actions:
         log.info("provisioned", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
     return actions

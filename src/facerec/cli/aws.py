@@ -83,8 +83,17 @@ def aws() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="User data template (default: the one shipped in the package, facerec/deploy/aws/worker-user-data.sh).",
 )
+@click.option(
+    "--wheel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="facerec wheel (`pip wheel --no-deps -w dist .`) the instances install at first boot, uploaded to the "
+    "gallery bucket; without it the AMI must have /opt/facerec/venv already.",
+)
+@click.option("--torch-index", help="With --wheel on a stock image: the pip index of CPU torch builds.")
 def provision(
     pool: int,
+    wheel: Path | None,
+    torch_index: str | None,
     ami: str | None,
     instance_type: str | None,
     instance_profile: str | None,
@@ -113,8 +122,16 @@ def provision(
             ami=ami,
             instance_type=instance_type or settings.aws_instance_type,
             instance_profile=profile,
-            user_data=steps.render_user_data(settings, user_data_path or steps.USER_DATA),
+            user_data_template=user_data_path or steps.USER_DATA,
+            wheel=wheel,
+            torch_index=torch_index or "",
         )
+        try:  # render once now: a value that cannot go into the script is refused before anything is made
+            if wheel is not None:
+                steps.check_wheel_name(wheel)
+            steps.render_user_data(settings, spec.user_data_template, steps.WheelSource("", "", spec.torch_index))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     run_and_print(settings, lambda clients: steps.provision(clients, settings, spec, create_roles=create_roles), debug)
 
 

@@ -43,6 +43,7 @@ from tests.paths import REPO_ROOT
 FACTORY = "tests.colour_model:colour_recognizer"
 PEOPLE = {"Ada": (200, 40, 40), "Bob": (40, 40, 200), "Carol": (40, 200, 40)}
 NEWCOMER = ("Dave", (200, 200, 40))
+TORCH_INDEX = "https://torch-index.invalid/whl/cpu"
 REQUESTS = 50
 WORKERS = 2
 POOL = 3
@@ -54,6 +55,8 @@ class Rehearsal:
     endpoint: str
     commands: list[tuple[list[str], int, str]] = field(default_factory=list)
     """Each `facerec` command line run as the README says, its exit code and output."""
+    user_data: str = ""
+    wheel_download: bytes = b""
     worker_environment: dict[str, str] = field(default_factory=dict)
     answers: list[tuple[str, str]] = field(default_factory=list)
     """(answer, expected) for every recognition request."""
@@ -147,12 +150,30 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     aws_options = ["--prefix", prefix, "--region", MOTO_REGION, "--endpoint-url", endpoint]
     ec2 = boto3_client("ec2", endpoint)
 
-    # 1. Resources, roles and the stopped pool, then check them.
-    facerec(rehearsal, "aws", "provision", *aws_options, "--create-roles", "--pool", str(POOL), "--ami", image_id(ec2))
+    # 1. The wheel the instances install (its content does not matter to moto's instances).
+    wheel = workdir / "dist" / "facerec-0.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"rehearsal wheel")
+    # 2. Resources, roles and the stopped pool, then check them.
+    facerec(
+        rehearsal,
+        "aws",
+        "provision",
+        *aws_options,
+        "--create-roles",
+        "--pool",
+        str(POOL),
+        "--ami",
+        image_id(ec2),
+        "--wheel",
+        str(wheel),
+        "--torch-index",
+        TORCH_INDEX,
+    )
     facerec(rehearsal, "aws", "status", *aws_options)
 
     _mark("provisioned", started)
-    # 2. The people, into the deployment's gallery store.
+    # 3. The people, into the deployment's gallery store.
     photos = workdir / "photos"
     for name, colour in PEOPLE.items():
         (photos / name).mkdir(parents=True)
@@ -171,13 +192,17 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     )
 
     _mark("enrolled", started)
-    # 3. The workers, as an instance of the pool runs them: the user data's settings file + the unit's Environment=.
+    # 4. The workers, as an instance of the pool runs them: the user data's settings file + the unit's Environment=.
     instance = ec2.describe_instances(Filters=[{"Name": "tag:facerec:prefix", "Values": [prefix]}])
     first_id = instance["Reservations"][0]["Instances"][0]["InstanceId"]
     encoded = ec2.describe_instance_attribute(InstanceId=first_id, Attribute="userData")["UserData"]["Value"]
     unit = (DEPLOY_DIR / "systemd" / "facerec-worker.service").read_text()
+    rehearsal.user_data = base64.b64decode(encoded).decode()
+    wheel_url = re.search(r"^wheel_url='([^']+)'$", rehearsal.user_data, re.MULTILINE)
+    if wheel_url:  # what the instance's curl does: no credentials, only the presigned URL
+        rehearsal.wheel_download = httpx.get(wheel_url.group(1), timeout=10).content
     rehearsal.worker_environment = {
-        **user_data_environment(base64.b64decode(encoded).decode()),
+        **user_data_environment(rehearsal.user_data),
         **unit_environment(unit),
     }
     base_env = {
@@ -191,12 +216,13 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     workers = [_worker(number, base_env, rehearsal.worker_environment, logs) for number in range(1, WORKERS + 1)]
 
     _mark("workers started", started)
-    # 4. The web tier, Ctrl-C'd at the end.
+    # 5. The web tier, Ctrl-C'd at the end.
     port = free_port()
     serve_log = logs / "serve.log"
+    serve_args = ["serve", "--backend", "aws", "--prefix", prefix, "--port", str(port)]
     with serve_log.open("wb") as sink:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "facerec", "serve", "--backend", "aws", "--prefix", prefix, "--port", str(port)],
+            [sys.executable, "-m", "facerec", *serve_args],
             env={
                 **base_env,
                 "FACEREC_AWS_CALL_LOG": str(logs / "web-calls.jsonl"),
@@ -216,6 +242,7 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
         rehearsal.running_before_stop = running_instances(ec2, prefix)
         serve.send_signal(signal.SIGINT)
         rehearsal.serve_returncode = serve.wait(timeout=30)
+        rehearsal.commands.append((serve_args, rehearsal.serve_returncode, ""))
         rehearsal.running_after_stop = running_instances(ec2, prefix)
     finally:
         for process in (serve, *workers):
@@ -237,7 +264,7 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
         for i in r["Instances"]
     }
 
-    # 5. Everything goes.
+    # 6. Everything goes.
     facerec(rehearsal, "aws", "teardown", *aws_options, "--yes")
     rehearsal.leftovers = leftovers(endpoint, prefix)
     _mark("torn down", started)

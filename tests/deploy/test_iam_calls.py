@@ -18,7 +18,8 @@ from facerec.testing import MOTO_REGION
 from tests.aws_rehearsal import Rehearsal
 from tests.iam_eval import Request, allows, requests_of, statement_matches
 
-pytestmark = pytest.mark.slow
+# The first test here runs the rehearsal (about 20 s idle; much longer on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 ACCOUNT = "123456789012"  # moto's default account
 ROLES = ("web", "worker")

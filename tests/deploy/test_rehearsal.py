@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import pytest
 
-from tests.aws_rehearsal import NEWCOMER, POOL, REQUESTS, Rehearsal
+from tests.aws_rehearsal import NEWCOMER, POOL, REQUESTS, TORCH_INDEX, Rehearsal
+from tests.paths import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+README = (REPO_ROOT / "README.md").read_text()
+
+# The first test here runs the rehearsal (about 20 s idle; much longer on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def test_every_command_succeeded(aws_rehearsal: Rehearsal) -> None:
-    run = [" ".join(args[:2]) for args, _, _ in aws_rehearsal.commands]
-    assert run == ["aws provision", "aws status", "enroll " + args_of(aws_rehearsal, "enroll")[1], "aws teardown"]
+    run = [args[0] if args[0] != "aws" else f"aws {args[1]}" for args, _, _ in aws_rehearsal.commands]
+    assert run == ["aws provision", "aws status", "enroll", "serve", "aws teardown"]
+    assert all(code == 0 for _, code, _ in aws_rehearsal.commands), aws_rehearsal.commands
     provision_output = aws_rehearsal.commands[0][2]
     assert provision_output.count("created    instance") == POOL, provision_output
     for role in ("web", "worker"):
@@ -19,8 +27,33 @@ def test_every_command_succeeded(aws_rehearsal: Rehearsal) -> None:
         assert f"created    profile  {aws_rehearsal.prefix}-{role}-profile" in provision_output
 
 
-def args_of(rehearsal: Rehearsal, command: str) -> list[str]:
-    return next(args for args, _, _ in rehearsal.commands if args[0] == command)
+def test_instances_install_the_uploaded_wheel(aws_rehearsal: Rehearsal) -> None:
+    """The user data downloads the wheel provision uploaded through a presigned URL (no credentials needed)."""
+
+    url = re.search(r"^wheel_url='([^']+)'$", aws_rehearsal.user_data, re.MULTILINE)
+    assert url and "/deploy/facerec-0.0-py3-none-any.whl" in url.group(1)
+    assert f"torch_index='{TORCH_INDEX}'" in aws_rehearsal.user_data
+    assert aws_rehearsal.wheel_download == b"rehearsal wheel"
+
+
+def flags(args: list[str]) -> set[str]:
+    return {arg for arg in args if arg.startswith("--")}
+
+
+def test_the_readme_aws_section_is_what_the_rehearsal_ran(aws_rehearsal: Rehearsal) -> None:
+    """Every command of the README's step-by-step AWS section was run by the rehearsal with at least its options."""
+    section = README.split("## Deploying on AWS", 1)[1].split("\n## ", 1)[0]
+    text = section.replace("\\\n", " ")
+    written = [shlex.split(m) for m in re.findall(r"(?:^|[`\s])facerec ((?:aws )?[a-z]+ [^`#\n]*)", text)]
+    steps = [args for args in written if args[0] in ("aws", "enroll", "serve") and args[:2] != ["aws", "policy"]]
+    assert len(steps) >= 5, steps
+    ran = [args for args, _, _ in aws_rehearsal.commands]
+    for args in steps:
+        name = args[:2] if args[0] == "aws" else args[:1]
+        matching = [r for r in ran if r[: len(name)] == name and flags(args) <= flags(r)]
+        if "--gallery" in args:  # the gallery-file variant: tests/deploy/test_gallery_store.py
+            continue
+        assert matching, f"README runs `facerec {shlex.join(args)}`; the rehearsal never did"
 
 
 def test_workers_ran_with_the_user_data_environment(aws_rehearsal: Rehearsal) -> None:

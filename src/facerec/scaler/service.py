@@ -88,6 +88,7 @@ class ScalerService:
     async def _stop_all(self, fleet: Fleet) -> list[WorkerInfo]:
         """On a clean stop: scale to zero (EC2 instances cost money while nobody uses them) unless the settings
         say to leave them; returns the workers left running either way."""
+        active: list[WorkerInfo] = []
         try:
             active = [w for w in await fleet.list() if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
             if active and self.settings.stop_workers_on_exit:
@@ -96,7 +97,7 @@ class ScalerService:
                 return []
         except PortError as exc:
             log.error("stop_workers_failed", extra={"error": error_text(exc)})
-            return active if "active" in locals() else []
+            return active
         if active:
             log.warning("workers_left_running", extra={"workers": [w.name for w in active]})
         return active

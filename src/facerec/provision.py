@@ -318,7 +318,7 @@ async def ensure_queues(sqs: SQSClient, settings: Settings) -> list[Action]:
 class PoolSpec:
     size: int
     ami: str
-    instance_type: str = "t3.micro"
+    instance_type: str = "t3.small"
     instance_profile: str | None = None
     user_data_template: Traversable = USER_DATA
     wheel: Path | None = None

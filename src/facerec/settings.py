@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     )
     aws_ami_id: str | None = Field(None, description="Worker AMI for `facerec aws provision`.")
     aws_launch_template: str | None = Field(None, description="Launch template name for fleet_mode=run.")
-    aws_instance_type: str = Field("t3.micro", description="Instance type of the app-tier pool.")
+    aws_instance_type: str = Field(
+        "t3.small",
+        description="Instance type of the app-tier pool. t3.small (2 GiB, about $0.021/h on demand in us-east-1): "
+        "a worker peaks near 0.83 GB with the CPU build of torch (docs/benchmarks.md), too close to a t3.micro's "
+        "1 GiB with the OS beside it.",
+    )
     aws_instance_profile: str | None = Field(None, description="Instance profile (worker IAM role) of the pool.")
     aws_object_expiry_days: int = Field(
         30,

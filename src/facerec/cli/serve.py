@@ -135,13 +135,13 @@ def serve(log_level: str, **options: Any) -> None:
         lines = banner(settings, known, recorded)
     except ThresholdUnavailable as exc:
         raise click.UsageError(str(exc)) from None
+    if settings.backend == "aws" and settings.gallery:
+        lines.insert(2, f"gallery uploaded for the EC2 workers: {upload_for_workers(settings)}")
     try:
         sock = listening_socket(settings.host, settings.port)
     except OSError as exc:
         click.echo(bind_problem(settings.host, settings.port, exc), err=True)
         raise SystemExit(1) from None
-    if settings.backend == "aws" and settings.gallery:
-        lines.insert(2, f"gallery uploaded for the EC2 workers: {upload_for_workers(settings)}")
     export_for_workers(overrides)
     configure_logging(log_level.upper())
 

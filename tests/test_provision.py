@@ -129,9 +129,14 @@ def test_user_data_carries_settings_not_secrets(monkeypatch: pytest.MonkeyPatch)
     assert not re.search(r"\$\{[a-z_]+\}", script), "a template placeholder was left"
 
 
+def test_a_local_gallery_file_is_not_passed_to_the_instances(tmp_path: Path) -> None:
+    # The instances load the copy `facerec serve --gallery FILE --backend aws` uploads to the gallery bucket.
+    assert "FACEREC_GALLERY" not in worker_environment(Settings(gallery=str(tmp_path / "gallery.pt")))
+
+
 def test_worker_environment_rejects_values_that_break_the_file() -> None:
     with pytest.raises(ValueError, match="gallery"):
-        worker_environment(Settings(gallery="a\nFACEREC_PREFIX=evil"))
+        worker_environment(Settings(gallery="blob:a\nFACEREC_PREFIX=evil"))
 
 
 def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:

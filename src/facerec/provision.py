@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.gallery_store import BLOB_PREFIX
 from facerec.iam_roles import delete_roles, ensure_roles, roles_status
 from facerec.settings import Settings
 
@@ -123,6 +124,9 @@ def worker_environment(settings: Settings) -> str:
     for key in _WORKER_SETTINGS:
         value = getattr(settings, key)
         if value is None:
+            continue
+        if key == "gallery" and not str(value).startswith(BLOB_PREFIX):
+            # A file on this machine, not on the instances: they load the copy `serve --gallery` uploads.
             continue
         text = str(value)
         if "\n" in text or '"' in text:

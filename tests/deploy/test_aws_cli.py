@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -81,3 +82,19 @@ def test_missing_credentials_and_bugs() -> None:
     sentence = explain(NoCredentialsError(), LastCall(), Settings(backend="aws"))
     assert sentence is not None and "AWS_PROFILE" in sentence
     assert explain(KeyError("a bug"), LastCall(), Settings(backend="aws")) is None  # shown with its traceback
+
+
+def test_logged_errors_carry_the_type_even_without_a_message() -> None:
+    from facerec.logs import error_text
+
+    assert error_text(TimeoutError()) == "TimeoutError"  # was logged as "error": ""
+    assert error_text(ValueError("bad value")) == "ValueError: bad value"
+    assert len(error_text(RuntimeError("x" * 1000))) == 300
+
+
+def test_enroll_deployment_options_need_store(tmp_path: Path) -> None:
+    (tmp_path / "Ada").mkdir()
+    result = CliRunner().invoke(
+        main, ["enroll", str(tmp_path), "--gallery", str(tmp_path / "g.pt"), "--backend", "aws", "--prefix", "p"]
+    )
+    assert result.exit_code == 2 and "--backend, --prefix name the store: use them with --store" in result.output

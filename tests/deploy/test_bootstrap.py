@@ -21,15 +21,17 @@ WHEEL = WheelSource(
     name="facerec-1.0-py3-none-any.whl",
     torch_index="https://example.invalid/whl/cpu",
 )
-# Each stub logs its name and arguments, one line per call, to $STUB_LOG.
+# Each stub logs its name and arguments, one line per call, to $STUB_LOG; `python3 -m venv DIR` makes a venv of
+# logging tools (`pip`, `facerec`, which also log the weights directory they were given).
 STUBS = {
     "systemctl": "",
     "useradd": "",
     "id": "exit 1",  # no facerec user yet
     "curl": 'while [ $# -gt 0 ]; do if [ "$1" = --output ]; then echo wheel > "$2"; fi; shift; done',
-    "python3": '[ "$1 $2" = "-m venv" ] && mkdir -p "$3/bin" && make_tool "$3/bin/pip" && make_tool "$3/bin/facerec"',
+    "python3": 'if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin"; for t in pip facerec; do '
+    'cp "$(dirname "$0")/venv-tool" "$3/bin/$t"; done; fi',
 }
-TOOL = '#!/bin/bash\necho "$(basename "$0") $* WEIGHTS=${FACEREC_WEIGHTS_CACHE_DIR:-}" >> "$STUB_LOG"\n'
+VENV_TOOL = '#!/bin/bash\necho "$(basename "$0") $* WEIGHTS=${FACEREC_WEIGHTS_CACHE_DIR:-}" >> "$STUB_LOG"\n'
 
 
 def shellcheck() -> str:
@@ -38,14 +40,16 @@ def shellcheck() -> str:
     return found
 
 
+def executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
 def make_stubs(directory: Path) -> None:
     directory.mkdir()
+    executable(directory / "venv-tool", VENV_TOOL)
     for name, body in STUBS.items():
-        path = directory / name
-        quoted_tool = TOOL.replace("'", "'\\''")
-        helper = f"make_tool() {{ printf '%s' '{quoted_tool}' > \"$1\"; chmod +x \"$1\"; }}\n"
-        path.write_text(f'#!/bin/bash\necho "{name} $*" >> "$STUB_LOG"\n{helper}{body}\n')
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        executable(directory / name, f'#!/bin/bash\necho "{name} $*" >> "$STUB_LOG"\n{body}\n')
 
 
 def run_bootstrap(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
@@ -95,10 +99,10 @@ def test_a_baked_image_only_replaces_facerec_without_an_index(tmp_path: Path) ->
     venv.mkdir(parents=True)
     make_stubs(tmp_path / "stubs")
     for tool in ("pip", "facerec"):  # what baking left
-        shutil.copy(tmp_path / "stubs/systemctl", venv / tool)
+        shutil.copy(tmp_path / "stubs/venv-tool", venv / tool)
     result, _, calls = run_bootstrap(tmp_path, render_user_data(SETTINGS, wheel=WHEEL))
     assert result.returncode == 0, result.stderr
-    pip = next(c for c in calls if c.startswith("systemctl install"))  # the copied stub names itself systemctl
+    pip = next(c for c in calls if c.startswith("pip install"))
     assert "--no-index --no-deps" in pip
     assert not any(c.startswith("python3 ") for c in calls)
 

@@ -5,6 +5,7 @@ gallery store (local directory or bucket)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ from tests.aws import boto3_client, create_aws_resources, moto_settings
 from tests.e2e.processes import free_port
 
 
+def facerec_environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key.startswith("FACEREC_")}
+
+
+BEFORE = facerec_environment()
+
+
 def gallery_file(path: Path, names: list[str]) -> Path:
     embeddings = np.eye(len(names), 512, dtype=np.float32)
     Gallery(names, embeddings, GalleryMeta(weights="w", crop_size=160, margin=14, unknown_threshold=1.0)).save(path)
@@ -34,6 +42,16 @@ def started_and_closed(server: uvicorn.Server, sockets: list[Any] | None = None)
     server.started = True
     for sock in sockets or []:
         sock.close()
+
+
+def isolate_serve_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """`facerec serve` exports its options for its worker subprocesses (FACEREC_*): in this process they must
+    not outlive the test. Setting them through monkeypatch first has them restored (to unset) afterwards."""
+    for name in ("GALLERY", "BACKEND", "PREFIX", "PORT", "DATA_DIR"):
+        monkeypatch.setenv(f"FACEREC_{name}", "")
+        monkeypatch.delenv(f"FACEREC_{name}")
+    monkeypatch.setenv("FACEREC_AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("FACEREC_AWS_REGION", MOTO_REGION)
 
 
 def fresh_deployment(endpoint: str) -> Settings:
@@ -48,8 +66,7 @@ def test_serve_on_aws_uploads_the_gallery_for_the_workers(
     settings = fresh_deployment(moto_endpoint)
     path = gallery_file(tmp_path / "g.pt", ["Ada", "Bob"])
     monkeypatch.setattr(uvicorn.Server, "run", started_and_closed)
-    monkeypatch.setenv("FACEREC_AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("FACEREC_AWS_REGION", MOTO_REGION)
+    isolate_serve_environment(monkeypatch, moto_endpoint)
     argv = ["serve", "--gallery", str(path), "--backend", "aws", "--prefix", settings.prefix, f"--port={free_port()}"]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 0, result.output
@@ -62,11 +79,16 @@ def test_serve_on_aws_uploads_the_gallery_for_the_workers(
     assert found == (f"blob:{STORE_GALLERY_KEY}", path.read_bytes())
 
 
+def test_serve_leaves_no_setting_behind_in_this_process() -> None:
+    """Runs after the serve tests above (same module, file order): what they exported was restored."""
+    assert facerec_environment() == BEFORE
+
+
 def test_serve_refuses_in_one_sentence_when_the_bucket_is_missing(
     moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = gallery_file(tmp_path / "g.pt", ["Ada"])
-    monkeypatch.setenv("FACEREC_AWS_ENDPOINT_URL", moto_endpoint)
+    isolate_serve_environment(monkeypatch, moto_endpoint)
     argv = ["serve", "--gallery", str(path), "--backend", "aws", "--prefix", "never-made", f"--port={free_port()}"]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 1

@@ -89,3 +89,12 @@ def endpoint(moto_endpoint: str) -> str:
 @pytest.fixture
 def ec2(endpoint: str) -> Any:
     return boto3_client("ec2", endpoint)
+
+
+@pytest.fixture(scope="session")
+def aws_rehearsal(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The README's AWS deployment followed once on moto (tests/aws_rehearsal.py); shared by the rehearsal and
+    IAM tests, which check what it answered, left behind and called."""
+    from tests.aws_rehearsal import rehearse
+
+    return rehearse(moto_endpoint, tmp_path_factory.mktemp("rehearsal"))

@@ -21,12 +21,10 @@ PREFIX = "cse546-demo"
 WEB_ACTIONS = {
     "s3:DeleteObject",
     "s3:PutObject",
-    "s3:GetObject",
     "s3:ListBucket",
     "sqs:SendMessage",
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",
     "ec2:DescribeInstances",
@@ -35,6 +33,7 @@ WEB_ACTIONS = {
 }
 RUN_MODE_ACTIONS = {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "iam:PassRole"}
 WORKER_ACTIONS = {
+    "s3:DeleteObject",
     "s3:GetObject",
     "s3:PutObject",
     "s3:ListBucket",
@@ -88,6 +87,7 @@ def check_resources(document: dict[str, Any]) -> None:
                 in_scope = resource
                 for bucket in ("in", "out", "gallery"):
                     in_scope = in_scope.replace(f"{PREFIX}-{bucket}-bucket/*", "")
+                in_scope = in_scope.replace(f"{PREFIX}-gallery-bucket/embeddings/*", "")
                 assert "*" not in in_scope, resource
                 assert PREFIX in resource, resource
                 assert resource.startswith(("arn:aws:s3:::", f"arn:aws:sqs:{REGION}:{ACCOUNT}:", "arn:aws:iam::"))
@@ -141,14 +141,22 @@ def test_worker_policy_splits_reads_and_writes() -> None:
     assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") not in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-resp-queue") in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-req-queue") not in grants
-    assert not any("dlq" in r for _, r in grants)
+    # The DLQ only to find it (the data tier opens all three queues), never to read or write messages.
+    assert {a for a, r in grants if "dlq" in r} == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
 
 
-def test_only_the_web_role_deletes_and_only_in_the_gallery() -> None:
-    web = render_policy("web", settings(), ACCOUNT)
-    deletes = {r for s in statements(web) if "s3:DeleteObject" in as_list(s["Action"]) for r in as_list(s["Resource"])}
-    assert deletes == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
-    assert "s3:DeleteObject" not in actions(render_policy("worker", settings(), ACCOUNT))
+def deletes(role: str) -> set[str]:
+    document = render_policy(role, settings(), ACCOUNT)
+    return {
+        r for s in statements(document) if "s3:DeleteObject" in as_list(s["Action"]) for r in as_list(s["Resource"])
+    }
+
+
+def test_deletes_only_inputs_and_in_the_gallery() -> None:
+    # The web tier deletes an input whose request the queue refused, and people's photos and records.
+    assert deletes("web") == {f"arn:aws:s3:::{PREFIX}-in-bucket/*", f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
+    # A worker only withdraws embedding records it wrote for a person deleted meanwhile: never photos.
+    assert deletes("worker") == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/embeddings/*"}
 
 
 def test_templates_are_json_with_placeholders() -> None:

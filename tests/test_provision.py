@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def app_tier(endpoint: str) -> dict[str, tuple[str, str]]:
 
 def test_provision_creates_everything_once(endpoint: str) -> None:
     first = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
-    assert first.count("created") == 3 + 3 + 3, first
+    assert first.count("created") == 3 + 2 + 3 + 3, first  # buckets, expiry rules, queues, instances
     sqs = client("sqs", endpoint)
     req_url = sqs.get_queue_url(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=req_url, AttributeNames=["All"])["Attributes"]
@@ -71,7 +72,7 @@ def test_provision_creates_everything_once(endpoint: str) -> None:
 
     second = cli(endpoint, "provision", "--pool", "3", "--ami", image_id(endpoint))
     assert "created" not in second and "updated" not in second
-    assert second.count("exists") == 9
+    assert second.count("exists") == 11
     assert app_tier(endpoint) == pool
     # Growing the pool adds only the missing instance.
     third = cli(endpoint, "provision", "--pool", "4", "--ami", image_id(endpoint))
@@ -93,7 +94,8 @@ def test_status_and_teardown(endpoint: str) -> None:
     cli(endpoint, "provision", "--pool", "2", "--ami", image_id(endpoint))
     client("s3", endpoint).put_object(Bucket=f"{PREFIX}-in-bucket", Key="test_00.jpg", Body=b"x")
     status = cli(endpoint, "status")
-    assert f"{PREFIX}-in-bucket  (1 objects)" in status
+    assert f"{PREFIX}-in-bucket  (1 objects, objects expire after 30 days)" in status
+    assert f"{PREFIX}-gallery-bucket  (0 objects)" in status  # the gallery is kept
     assert "app-tier-instance-2" in status
 
     refused = CliRunner().invoke(main, ["aws", "teardown", "--prefix", PREFIX, "--endpoint-url", endpoint])
@@ -102,10 +104,11 @@ def test_status_and_teardown(endpoint: str) -> None:
 
     removed = cli(endpoint, "teardown", "--yes")
     assert removed.count("deleted") == 6 and removed.count("terminated") == 2
+    assert removed.count("absent") == 4  # no roles or profiles: provision ran without --create-roles
     assert {state for _, state in app_tier(endpoint).values()} <= {"shutting-down"}
     assert not [b for b in client("s3", endpoint).list_buckets()["Buckets"] if b["Name"].startswith(PREFIX)]
     again = cli(endpoint, "teardown", "--yes")
-    assert again.count("absent") == 6 and "deleted" not in again
+    assert again.count("absent") == 6 + 4 and "deleted" not in again
 
 
 def test_pool_needs_an_ami(endpoint: str) -> None:
@@ -123,12 +126,17 @@ def test_user_data_carries_settings_not_secrets(monkeypatch: pytest.MonkeyPatch)
     assert 'FACEREC_GALLERY="blob:gallery/casia.pt"' in script
     assert "do-not-leak" not in script and "SECRET" not in script
     assert "${environment}" in USER_DATA.read_text()
-    assert "${" not in script.replace("${environment}", "")
+    assert not re.search(r"\$\{[a-z_]+\}", script), "a template placeholder was left"
+
+
+def test_a_local_gallery_file_is_not_passed_to_the_instances(tmp_path: Path) -> None:
+    # The instances load the copy `facerec serve --gallery FILE --backend aws` uploads to the gallery bucket.
+    assert "FACEREC_GALLERY" not in worker_environment(Settings(gallery=str(tmp_path / "gallery.pt")))
 
 
 def test_worker_environment_rejects_values_that_break_the_file() -> None:
     with pytest.raises(ValueError, match="gallery"):
-        worker_environment(Settings(gallery="a\nFACEREC_PREFIX=evil"))
+        worker_environment(Settings(gallery="blob:a\nFACEREC_PREFIX=evil"))
 
 
 def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:

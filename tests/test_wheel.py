@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -87,20 +86,22 @@ def test_the_cli_prints_a_policy_from_the_installed_wheel(installed: Installed) 
     assert "aws" in installed.run("facerec", "--help")
     document = json.loads(installed.run("facerec", "aws", "policy", "web", "--account", ACCOUNT, "--prefix", "whl"))
     sids = {statement["Sid"] for statement in document["Statement"]}
-    assert {"StoreInputsReadResults", "ManageGallery", "RequestAndResponseQueues", "SeeTheFleet"} <= sids, sids
+    assert {"StoreInputs", "ManageGallery", "SendRequests", "FindQueues", "SeeTheFleet"} <= sids, sids
     statements = json.dumps(document["Statement"])
     assert "arn:aws:s3:::whl-in-bucket/*" in statements and f":{ACCOUNT}:whl-req-queue" in statements
     assert "${" not in statements
 
 
-def test_the_worker_user_data_finds_its_unit_in_the_installed_package(installed: Installed) -> None:
-    """The instance's first boot asks the venv's python where the unit is: that snippet must name a real file
-    of the installed wheel (no deploy/ folder is copied onto the AMI)."""
-    user_data = installed.run("python", "-c", "from facerec.provision import USER_DATA; print(USER_DATA.read_text())")
-    (snippet,) = re.findall(r"/opt/facerec/venv/bin/python -c \\\n\s*'([^']+)'", user_data)
-    unit = Path(installed.run("python", "-c", snippet).strip())
-    assert unit.is_relative_to(installed.root / "venv") and unit.name == "facerec-worker.service"
-    assert "ExecStart=/opt/facerec/venv/bin/facerec worker" in unit.read_text()
+def test_the_worker_user_data_carries_the_installed_unit(installed: Installed) -> None:
+    """Provision renders the worker unit into the user data from the installed package's files (no deploy/
+    folder is copied onto the image)."""
+    script = (
+        "from facerec.provision import render_user_data; from facerec.settings import Settings; "
+        "print(render_user_data(Settings(prefix='whl')))"
+    )
+    user_data = installed.run("python", "-c", script)
+    assert "ExecStart=/opt/facerec/venv/bin/facerec worker" in user_data
+    assert 'FACEREC_PREFIX="whl"' in user_data and "${environment}" not in user_data
 
 
 def test_the_installed_web_tier_serves_its_page_and_offline_docs(installed: Installed) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from facerec.messages import MAX_RESPONSE_BYTES
-from facerec.ports import DataTier, PortError
+from facerec.ports import BlobStore, DataTier, PortError
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,23 @@ async def open_aws_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             dead_letters=queues[2],
             gallery=S3BlobStore(aws, settings.gallery_bucket),
         )
+
+
+@asynccontextmanager
+async def open_gallery_store(settings: Settings) -> AsyncIterator[BlobStore]:
+    """Only the gallery store (the gallery bucket on aws), for commands that need nothing else: no queue is
+    opened, so a role that may not touch the queues can still read the gallery file."""
+    if settings.backend == "aws":
+        from facerec.adapters.aws_session import AwsClients
+        from facerec.adapters.s3_blob import S3BlobStore
+
+        async with AwsClients(settings) as aws:
+            yield S3BlobStore(aws, settings.gallery_bucket)
+        return
+    from facerec.adapters.local_blob import LocalBlobStore
+
+    directory = _make_directory(settings.data_dir / "blobs" / settings.gallery_bucket)
+    yield LocalBlobStore(directory, settings.gallery_bucket)
 
 
 def open_data_tier(settings: Settings) -> AbstractAsyncContextManager[DataTier]:

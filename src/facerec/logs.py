@@ -52,3 +52,11 @@ def configure_logging(level: str | int = "INFO", stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.Formatter.converter = time.gmtime
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception for a log field: its type and message (`TimeoutError: ` when the message is empty, as
+    asyncio's timeouts and some botocore errors have none), clipped."""
+    message = str(exc).strip()
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text[:limit]

@@ -16,12 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.gallery_store import BLOB_PREFIX
+from facerec.iam_roles import delete_roles, ensure_roles, roles_status
 from facerec.settings import Settings
 
 if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
@@ -42,6 +45,7 @@ POLICIES: dict[str, Traversable] = {
 USER_DATA = DEPLOY_DIR / "aws" / "worker-user-data.sh"
 
 DLQ_RETENTION_S = 14 * 24 * 3600  # the SQS maximum: dead letters are kept for inspection
+PROFILE_RETRIES, PROFILE_RETRY_S = 12, 5.0
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _MISSING_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
@@ -68,10 +72,10 @@ _WORKER_SETTINGS = (
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str
-    """bucket, queue, instance."""
+    """bucket, rule, queue, role, profile, instance."""
     name: str
     outcome: str
-    """created, updated, exists, deleted, terminated, absent, or (status) the resource's state."""
+    """created, updated, exists, deleted, kept, terminated, absent, or (status) the resource's state."""
     detail: str = ""
 
     def __str__(self) -> str:
@@ -121,6 +125,9 @@ def worker_environment(settings: Settings) -> str:
         value = getattr(settings, key)
         if value is None:
             continue
+        if key == "gallery" and not str(value).startswith(BLOB_PREFIX):
+            # A file on this machine, not on the instances: they load the copy `serve --gallery` uploads.
+            continue
         text = str(value)
         if "\n" in text or '"' in text:
             raise ValueError(f"setting {key} cannot go into an environment file: {text!r}")
@@ -128,9 +135,55 @@ def worker_environment(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def render_user_data(settings: Settings, template: Traversable = USER_DATA) -> str:
+WORKER_UNIT = DEPLOY_DIR / "systemd" / "facerec-worker.service"
+WHEEL_PREFIX = "deploy/"
+"""Where provision puts the facerec wheel, in the gallery bucket (the web and worker roles only reach
+`embeddings/`, `photos/`, `generations/` and the gallery file there, all but the web role read-only)."""
+WHEEL_URL_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class WheelSource:
+    """A presigned download of the wheel for the instances' first boot (and the index for CPU torch)."""
+
+    url: str = ""
+    name: str = ""
+    torch_index: str = ""
+
+
+def render_user_data(settings: Settings, template: Traversable = USER_DATA, wheel: WheelSource | None = None) -> str:
     """The worker instances' user data from `template` (a `pathlib.Path` works too)."""
-    return render_template(template.read_text(encoding="utf-8"), {"environment": worker_environment(settings)})
+    wheel = wheel or WheelSource()
+    for value in (wheel.url, wheel.name, wheel.torch_index):
+        if "'" in value or "\n" in value:
+            raise ValueError(f"cannot go into a single-quoted shell string: {value!r}")
+    return render_template(
+        template.read_text(encoding="utf-8"),
+        {
+            "environment": worker_environment(settings),
+            "worker_unit": WORKER_UNIT.read_text(encoding="utf-8").rstrip("\n"),
+            "wheel_url": wheel.url,
+            "wheel_name": wheel.name,
+            "torch_index": wheel.torch_index,
+        },
+    )
+
+
+def check_wheel_name(wheel: Path) -> None:
+    if not re.fullmatch(r"facerec-[^/\s']+\.whl", wheel.name):
+        raise ValueError(f"{wheel.name} is not a facerec wheel (facerec-<version>-...whl)")
+
+
+async def upload_wheel(s3: S3Client, settings: Settings, wheel: Path, torch_index: str = "") -> WheelSource:
+    """Put the facerec wheel into the deployment's gallery bucket and presign its download: the instances
+    install facerec from there at first boot, without the package index or AWS credentials."""
+    check_wheel_name(wheel)
+    key = WHEEL_PREFIX + wheel.name
+    await s3.put_object(Bucket=settings.gallery_bucket, Key=key, Body=await asyncio.to_thread(wheel.read_bytes))
+    url = await s3.generate_presigned_url(
+        "get_object", Params={"Bucket": settings.gallery_bucket, "Key": key}, ExpiresIn=WHEEL_URL_TTL_S
+    )
+    return WheelSource(url=url, name=wheel.name, torch_index=torch_index)
 
 
 # --- buckets and queues ---------------------------------------------------------------------------
@@ -167,6 +220,46 @@ async def ensure_bucket(s3: S3Client, name: str, region: str) -> Action:
         },
     )
     return Action("bucket", name, "created")
+
+
+LIFECYCLE_RULE_ID = "facerec-expire-requests"
+
+
+async def ensure_expiry(s3: S3Client, name: str, days: int) -> Action:
+    """Inputs and results are only needed while a request is answered (and for a while after, to look into
+    one): a lifecycle rule deletes them `days` after they were written, so they cost nothing forever."""
+    current = await bucket_expiry_days(s3, name)
+    if current == days:
+        return Action("rule", f"{name} expiry", "exists", f"{days} days")
+    await s3.put_bucket_lifecycle_configuration(
+        Bucket=name,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": LIFECYCLE_RULE_ID,
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "Expiration": {"Days": days},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                }
+            ]
+        },
+    )
+    return Action("rule", f"{name} expiry", "created" if current is None else "updated", f"{days} days")
+
+
+async def bucket_expiry_days(s3: S3Client, name: str) -> int | None:
+    try:
+        rules = (await s3.get_bucket_lifecycle_configuration(Bucket=name)).get("Rules", [])
+    except ClientError as exc:
+        if _code(exc) == "NoSuchLifecycleConfiguration":
+            return None
+        raise
+    for rule in rules:
+        if rule.get("ID") == LIFECYCLE_RULE_ID and rule.get("Status") == "Enabled":
+            days = rule.get("Expiration", {}).get("Days")
+            return int(days) if days is not None else None
+    return None
 
 
 async def queue_url(sqs: SQSClient, name: str) -> str | None:
@@ -229,12 +322,15 @@ async def ensure_queues(sqs: SQSClient, settings: Settings) -> list[Action]:
 class PoolSpec:
     size: int
     ami: str
-    instance_type: str = "t3.micro"
+    instance_type: str = "t3.small"
     instance_profile: str | None = None
-    user_data: str = ""
+    user_data_template: Traversable = USER_DATA
+    wheel: Path | None = None
+    """Uploaded to the gallery bucket; the instances install facerec from it at first boot."""
+    torch_index: str = ""
 
 
-async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> list[Action]:
+async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec, user_data: str = "") -> list[Action]:
     """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones) and then
     stopped once running; existing ones are left as they are."""
     if not 0 <= spec.size <= 99:
@@ -253,7 +349,7 @@ async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> lis
     missing = [n for n in range(1, spec.size + 1) if n not in existing]
     if not missing:
         return actions
-    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n) for n in missing))
+    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n, user_data) for n in missing))
     ids = [instance_id for instance_id, _ in created]
     await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
     await ec2.stop_instances(InstanceIds=ids)
@@ -261,14 +357,16 @@ async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec) -> lis
     return actions
 
 
-async def _run_pool_instance(ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int) -> tuple[str, str]:
+async def _run_pool_instance(
+    ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int, user_data: str
+) -> tuple[str, str]:
     name = f"{NAME_PREFIX}{number}"
     kwargs: dict[str, Any] = {
         "ImageId": spec.ami,
         "InstanceType": spec.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
-        "UserData": spec.user_data,
+        "UserData": user_data,
         # An OS-level shutdown stops the instance (it stays in the pool) rather than terminating it.
         "InstanceInitiatedShutdownBehavior": "stop",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -279,22 +377,42 @@ async def _run_pool_instance(ec2: EC2Client, settings: Settings, spec: PoolSpec,
     }
     if spec.instance_profile:
         kwargs["IamInstanceProfile"] = {"Name": spec.instance_profile}
-    reply = await ec2.run_instances(**kwargs)
+    for attempt in range(PROFILE_RETRIES + 1):
+        try:
+            reply = await ec2.run_instances(**kwargs)
+            break
+        except ClientError as exc:
+            # A profile made seconds ago (--create-roles) takes a while to reach EC2: IAM is eventually consistent.
+            young_profile = _code(exc) == "InvalidParameterValue" and "profile" in str(exc).lower()
+            if not (spec.instance_profile and young_profile and attempt < PROFILE_RETRIES):
+                raise
+            await asyncio.sleep(PROFILE_RETRY_S)
     return reply["Instances"][0]["InstanceId"], name
 
 
 # --- commands -------------------------------------------------------------------------------------
 
 
-async def provision(aws: AwsClients, settings: Settings, pool: PoolSpec | None = None) -> list[Action]:
+async def provision(
+    aws: AwsClients, settings: Settings, pool: PoolSpec | None = None, *, create_roles: bool = False
+) -> list[Action]:
     s3 = await aws.s3()
     actions = [
         await ensure_bucket(s3, name, settings.aws_region)
         for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket)
     ]
+    for name in (settings.in_bucket, settings.out_bucket):
+        actions.append(await ensure_expiry(s3, name, settings.aws_object_expiry_days))
     actions += await ensure_queues(await aws.sqs(), settings)
+    if create_roles:
+        actions += await ensure_roles(aws, settings)
     if pool is not None:
-        actions += await ensure_pool(await aws.ec2(), settings, pool)
+        wheel = None
+        if pool.wheel is not None:
+            wheel = await upload_wheel(s3, settings, pool.wheel, pool.torch_index)
+            actions.append(Action("wheel", f"s3://{settings.gallery_bucket}/{WHEEL_PREFIX}{wheel.name}", "uploaded"))
+        user_data = render_user_data(settings, pool.user_data_template, wheel)
+        actions += await ensure_pool(await aws.ec2(), settings, pool, user_data)
     for action in actions:
         log.info("provisioned", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
     return actions
@@ -322,6 +440,7 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
         removed = await _empty_bucket(s3, name)
         await s3.delete_bucket(Bucket=name)
         actions.append(Action("bucket", name, "deleted", f"{removed} objects"))
+    actions += await delete_roles(aws, settings)
     for action in actions:
         log.info("torn_down", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
     return actions
@@ -351,6 +470,9 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
             continue
         page = await s3.list_objects_v2(Bucket=name, MaxKeys=1000)
         count = f"{page.get('KeyCount', 0)}{'+' if page.get('IsTruncated') else ''} objects"
+        if name in (settings.in_bucket, settings.out_bucket):
+            days = await bucket_expiry_days(s3, name)
+            count += f", objects expire after {days} days" if days else ", no expiry rule"
         actions.append(Action("bucket", name, "exists", count))
     sqs = await aws.sqs()
     for name in (settings.req_queue, settings.resp_queue, settings.dlq):
@@ -362,6 +484,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
         found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
         detail = f"{found.get(wanted[0], '?')} visible, {found.get(wanted[1], '?')} in flight"
         actions.append(Action("queue", name, "exists", detail))
+    actions += await roles_status(aws, settings)
     instances = await describe_fleet(await aws.ec2(), settings.prefix)
     for instance in sorted(instances, key=lambda i: name_number(tag_value(i, "Name") or "") or 0):
         name = tag_value(instance, "Name") or ""

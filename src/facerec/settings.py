@@ -35,10 +35,26 @@ class Settings(BaseSettings):
     # --- AWS (only with backend=aws) --------------------------------------------------------------
     aws_region: str = Field("us-east-1", description="AWS region of the buckets, queues and instances.")
     aws_endpoint_url: str | None = Field(None, description="For moto, LocalStack or another S3/SQS endpoint.")
+    aws_call_log: Path | None = Field(
+        None,
+        description="Append one JSON line per AWS API call (service, operation, the resource's names; no data) to "
+        "this file: which permissions a role really uses.",
+    )
     aws_ami_id: str | None = Field(None, description="Worker AMI for `facerec aws provision`.")
     aws_launch_template: str | None = Field(None, description="Launch template name for fleet_mode=run.")
-    aws_instance_type: str = Field("t3.micro", description="Instance type of the app-tier pool.")
+    aws_instance_type: str = Field(
+        "t3.small",
+        description="Instance type of the app-tier pool. t3.small (2 GiB, about $0.021/h on demand in us-east-1): "
+        "a worker peaks near 0.83 GB with the CPU build of torch (docs/benchmarks.md), too close to a t3.micro's "
+        "1 GiB with the OS beside it.",
+    )
     aws_instance_profile: str | None = Field(None, description="Instance profile (worker IAM role) of the pool.")
+    aws_object_expiry_days: int = Field(
+        30,
+        ge=1,
+        description="Inputs and results are deleted from the in/out buckets this many days after they were "
+        "written (an S3 lifecycle rule set by `facerec aws provision`); the gallery bucket is kept.",
+    )
     fleet_mode: Literal["pool", "run"] = Field(
         "pool", description="`pool`: start/stop pre-created instances (fast); `run`: run/terminate."
     )
@@ -182,6 +198,11 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Requests in flight per worker the scaler aims for."
     )
     scale_in_grace_s: float = Field(1.0, ge=0, description="Workers stop this long after the load that needed them.")
+    stop_workers_on_exit: bool = Field(
+        True,
+        description="On a clean stop, `facerec serve` stops every running worker (EC2 instances cost money while "
+        "idle); off (`serve --leave-workers`): they are left running and listed.",
+    )
     scaler_interval_s: float = Field(0.2, gt=0, description="Scaler tick (it also wakes on every request).")
     # -- EC2 fleet (elastic-ec2 helper) --
     keep_warm_s: float = Field(

@@ -22,6 +22,7 @@ from PIL import Image
 
 from facerec import people
 from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
+from facerec.logs import error_text
 from facerec.messages import (
     MAX_RESPONSE_BYTES,
     Box,
@@ -168,7 +169,7 @@ class InstantWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a fake still must not die on a flaky queue
-                log.warning("instant_worker_receive_failed", extra={"error": str(exc)[:200]})
+                log.warning("instant_worker_receive_failed", extra={"error": error_text(exc)})
                 await asyncio.sleep(0.1)
                 continue
             if not messages:

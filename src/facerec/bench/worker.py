@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -81,6 +82,27 @@ def _peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+# Shared objects of the CUDA build that a CPU build does not have (the GPU kernels and their runtime).
+_CUDA_LIBRARY = re.compile(r"/nvidia/|/lib(cu|nv|torch_cuda|c10_cuda|cudnn|nccl)[^/]*\.so|/triton/")
+
+
+def _cuda_libraries_mb(pid: int) -> float | None:
+    """Resident memory of the process's mappings of CUDA libraries: what a CPU build of torch would not load.
+    The worker never uses a GPU, but the CUDA build maps (and partly touches) its libraries at import."""
+    total_kb = 0
+    library = False
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                library = len(fields) >= 6 and _CUDA_LIBRARY.search(fields[5]) is not None
+            elif library and fields and fields[0] == "Rss:":
+                total_kb += int(fields[1])
+    except OSError:
+        return None
+    return total_kb / 1024
 
 
 def _wait_ready(process: subprocess.Popen[bytes], ready: Path, within_s: float) -> None:
@@ -186,6 +208,7 @@ def run_worker_once(
             load_s = time.perf_counter() - load_started
             result = asyncio.run(_enqueue_and_collect(settings, files, within_s=600))
             result["peak_rss_mb"] = _peak_rss_mb(process.pid)
+            result["cuda_libraries_mb"] = _cuda_libraries_mb(process.pid)
             result["startup_s"] = round(load_s, 2)
             process.send_signal(signal.SIGTERM)
             result["exit_code"] = process.wait(timeout=60)
@@ -273,7 +296,8 @@ def command(
                 f"[{attempt + 1}/{repeat}] worker, prefetch {mode}: {result['images_per_s']:.1f} images/s "
                 f"(raw just before: {rates[-1]:.1f}), model busy {result['inference_share']:.0%} of the time, "
                 f"{result['answered']}/{result['requests']} answered, {result['errors']} errors, "
-                f"peak RSS {result['peak_rss_mb'] or float('nan'):.0f} MB, exit {result['exit_code']}; "
+                f"peak RSS {result['peak_rss_mb'] or float('nan'):.0f} MB "
+                f"(CUDA libraries {result['cuda_libraries_mb'] or 0.0:.0f} MB of it), exit {result['exit_code']}; "
                 f"per batch (median): {stages}"
             )
     raw = statistics.median(rates)
@@ -286,6 +310,10 @@ def command(
             "median_ratio_to_raw": statistics.median(r["ratio_to_raw"] for r in results),
             "median_inference_share": statistics.median(r["inference_share"] for r in results),
             "max_peak_rss_mb": max((r["peak_rss_mb"] or 0.0) for r in results),
+            # What a CPU build of torch would peak at: the CUDA build's libraries are resident for nothing here.
+            "max_peak_rss_without_cuda_mb": max(
+                (r["peak_rss_mb"] or 0.0) - (r["cuda_libraries_mb"] or 0.0) for r in results
+            ),
         }
         for mode, results in runs.items()
     }
@@ -293,7 +321,8 @@ def command(
         click.echo(
             f"{mode}: median {figures['median_images_per_s']:.1f} images/s = {figures['median_ratio_to_raw']:.0%} "
             f"of raw {raw:.1f}; model busy {figures['median_inference_share']:.0%}; "
-            f"peak RSS {figures['max_peak_rss_mb']:.0f} MB"
+            f"peak RSS {figures['max_peak_rss_mb']:.0f} MB ({figures['max_peak_rss_without_cuda_mb']:.0f} MB without "
+            "the CUDA libraries)"
         )
 
     report = {

@@ -86,7 +86,8 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: 
             "access: reachable from other machines; enrolling and deleting people need a manage key "
             "(`facerec keys create --role manage`)"
         )
-    lines.append(f"try: curl -F inputFile=@photo.jpg {url}/   (Ctrl-C stops the service and its workers)")
+    stops = "stops the service and its workers" if settings.stop_workers_on_exit else "stops the service only"
+    lines.append(f"try: curl -F inputFile=@photo.jpg {url}/   (Ctrl-C {stops})")
     return lines
 
 
@@ -106,6 +107,13 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: 
 @click.option("--weights", help="Worker weights: `casia-webface`, `vggface2` or a state_dict path.")
 @click.option("--unknown-threshold", type=UNKNOWN_THRESHOLD, help=UNKNOWN_THRESHOLD_HELP)
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Workers average each face's embedding with its mirror's.")
+@click.option(
+    "--leave-workers",
+    "stop_workers_on_exit",
+    flag_value=False,
+    default=None,
+    help="On Ctrl-C leave running workers running (default: stop them all; EC2 instances cost money while idle).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **options: Any) -> None:
     """Run the service: web tier on HOST:PORT, workers scaled from 0 with the requests in flight."""
@@ -134,6 +142,8 @@ def serve(log_level: str, **options: Any) -> None:
         lines = banner(settings, known, recorded)
     except ThresholdUnavailable as exc:
         raise click.UsageError(str(exc)) from None
+    if settings.backend == "aws" and settings.gallery:
+        lines.insert(2, f"gallery uploaded for the EC2 workers: {upload_for_workers(settings)}")
     try:
         sock = listening_socket(settings.host, settings.port)
     except OSError as exc:
@@ -165,3 +175,25 @@ def serve(log_level: str, **options: Any) -> None:
         server.run(sockets=[sock])
     if not server.started:  # e.g. the data tier could not be opened: the log says why
         raise SystemExit(1)
+    if service.left_running:
+        names = ", ".join(w.name for w in service.left_running)
+        click.echo(f"left running: {plural(len(service.left_running), 'worker')} ({names})", err=True)
+
+
+def upload_for_workers(settings: Settings) -> str:
+    """EC2 workers have no copy of the gallery file: put it where they load it from at start (the gallery
+    bucket). A bucket that is missing or refuses is reported in one sentence, with the fix."""
+    import asyncio
+
+    from facerec.gallery_store import upload_gallery
+    from facerec.ports import PortError
+
+    assert settings.gallery is not None
+    try:
+        return asyncio.run(upload_gallery(settings, Path(settings.gallery).read_bytes()))
+    except (PortError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot upload the gallery to the bucket {settings.gallery_bucket} ({exc}); create it with "
+            f"`facerec aws provision --prefix {settings.prefix}`, or serve without --gallery and use "
+            f"`facerec enroll DIR --store --backend aws --prefix {settings.prefix}`"
+        ) from None

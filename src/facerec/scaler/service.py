@@ -12,7 +12,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from facerec.ports import DataTier, Fleet, WorkerState
+from facerec.logs import error_text
+from facerec.ports import DataTier, Fleet, PortError, WorkerInfo, WorkerState
 from facerec.scaler.loop import Scaler
 from facerec.scaler.policy import ScalingConfig
 from facerec.settings import Settings
@@ -54,6 +55,8 @@ class ScalerService:
         self.settings = settings
         self._open_fleet = open_fleet or _default_fleet_opener
         self.fleet: Fleet | None = None
+        self.left_running: list[WorkerInfo] = []
+        """After a stop: the workers still running (a failed stop, or `stop_workers_on_exit` off)."""
         self._states: tuple[float, WorkersOut] | None = None
         self._states_read: asyncio.Future[WorkersOut] | None = None
 
@@ -110,4 +113,22 @@ class ScalerService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 self.fleet = None
+                self.left_running = await self._stop_all(fleet)
                 log.info("scaler_stopped")
+
+    async def _stop_all(self, fleet: Fleet) -> list[WorkerInfo]:
+        """On a clean stop: scale to zero (EC2 instances cost money while nobody uses them) unless the settings
+        say to leave them; returns the workers left running either way."""
+        active: list[WorkerInfo] = []
+        try:
+            active = [w for w in await fleet.list() if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+            if active and self.settings.stop_workers_on_exit:
+                await fleet.stop([w.worker_id for w in active])
+                log.info("workers_stopped_on_exit", extra={"workers": [w.name for w in active]})
+                return []
+        except PortError as exc:
+            log.error("stop_workers_failed", extra={"error": error_text(exc)})
+            return active
+        if active:
+            log.warning("workers_left_running", extra={"workers": [w.name for w in active]})
+        return active

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.types import Receive
 
 from facerec import keys, people
+from facerec.logs import error_text
 from facerec.messages import ErrorCode, RecognitionRequest, RecognitionResponse
 from facerec.ports import BlobStore, DataTier, MessageTooLarge, PortError
 from facerec.settings import Settings
@@ -282,7 +283,7 @@ async def _wait_for_disconnect(receive: Receive) -> None:
             if message["type"] == "http.disconnect":
                 return
     except Exception as exc:
-        log.debug("disconnect_watch_unavailable", extra={"error": str(exc)[:200]})
+        log.debug("disconnect_watch_unavailable", extra={"error": error_text(exc)})
     await asyncio.Event().wait()
 
 
@@ -292,7 +293,7 @@ async def _discard(gallery: BlobStore, message: RecognitionRequest) -> None:
     try:
         await people.discard_enrollment(gallery, message.input_key, message.output_key)
     except Exception as exc:
-        log.warning("enrollment_discard_failed", extra={"request_id": message.id, "error": str(exc)[:200]})
+        log.warning("enrollment_discard_failed", extra={"request_id": message.id, "error": error_text(exc)})
 
 
 def _unavailable(what: str, exc: PortError) -> ServiceError:
@@ -302,7 +303,7 @@ def _unavailable(what: str, exc: PortError) -> ServiceError:
         "unavailable",
         f"{what} unavailable; retry shortly",
         {"Retry-After": RETRY_AFTER_S},
-        detail=f"{what}: {str(exc)[:300]}",
+        detail=f"{what}: {error_text(exc)[:300]}",
     )
 
 

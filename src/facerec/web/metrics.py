@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facerec.logs import error_text
 from facerec.ports import MessageQueue
 from facerec.web.pending import PendingRequests
 
@@ -83,13 +84,13 @@ class WebMetrics:
             self.queue_depth.set(stats.visible + stats.in_flight)
         except Exception as exc:
             self.queue_depth.set(float("nan"))
-            log.warning("metrics_queue_stats_failed", extra={"error": str(exc)[:200]})
+            log.warning("metrics_queue_stats_failed", extra={"error": error_text(exc)})
         if self._worker_count is not None:
             try:
                 self.workers.set(await asyncio.wait_for(self._worker_count(), timeout_s))
             except Exception as exc:
                 self.workers.set(float("nan"))
-                log.warning("metrics_worker_count_failed", extra={"error": str(exc)[:200]})
+                log.warning("metrics_worker_count_failed", extra={"error": error_text(exc)})
         return generate_latest(self.registry)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from facerec import people, validation
 from facerec.gallery_file import GalleryFileError, gallery_people
+from facerec.logs import error_text
 from facerec.ports import BlobStore, PortError
 from facerec.web.auth import authorize
 from facerec.web.errors import ErrorBody, ServiceError
@@ -102,7 +103,7 @@ def load_gallery_file_people(gallery: str | None) -> dict[str, int]:
         return gallery_people(Path(gallery))
     except GalleryFileError as exc:
         # The workers refuse such a file with their own error; the web tier still serves the enrolled people.
-        log.warning("gallery_file_unreadable", extra={"path": gallery, "error": str(exc)[:200]})
+        log.warning("gallery_file_unreadable", extra={"path": gallery, "error": error_text(exc)})
         return {}
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from facerec.logs import error_text
 from facerec.messages import InvalidMessage, parse_request, parse_response
 from facerec.ports import MessageQueue, ReceivedMessage
 from facerec.web.pending import PendingRequests
@@ -76,7 +77,7 @@ class ResponsePoller:
             except Exception as exc:
                 log.warning(
                     "response_poll_failed",
-                    extra={"queue": queue.name, "error": str(exc)[:200], "retry_in_s": backoff},
+                    extra={"queue": queue.name, "error": error_text(exc), "retry_in_s": backoff},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)

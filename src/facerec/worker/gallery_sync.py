@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 
+from facerec.logs import error_text
 from facerec.people import EMBEDDINGS, EmbeddingRecord, current_generations, parse_embedding_key
 from facerec.ports import BlobNotFound, BlobStore, PortError
 from facerec.recognition.results import Enroller
@@ -84,6 +85,6 @@ class GallerySync:
             try:
                 await self.refresh()
             except PortError as exc:
-                log.warning("gallery_refresh_failed", extra={"error": str(exc)[:200]})
+                log.warning("gallery_refresh_failed", extra={"error": error_text(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)

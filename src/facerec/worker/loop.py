@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeGuard
 
 from facerec import people
+from facerec.logs import error_text
 from facerec.messages import ErrorCode
 from facerec.people import EmbeddingRecord
 from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
@@ -131,7 +132,9 @@ class Worker:
                     backoff = PORT_ERROR_BACKOFF_S[0]
                 except PortError as exc:
                     # The queue or store is unavailable: unsettled messages come back after their timeout.
-                    log.warning("port_error", extra={"worker": self.name, "error": str(exc), "backoff_s": backoff})
+                    log.warning(
+                        "port_error", extra={"worker": self.name, "error": error_text(exc), "backoff_s": backoff}
+                    )
                     if pending is not None:
                         pending.cancel()
                         with contextlib.suppress(asyncio.CancelledError, PortError):

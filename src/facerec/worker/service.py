@@ -52,10 +52,18 @@ class _LoopOutcome(TypedDict, total=False):
 def preload_recognizer(settings: Settings) -> BatchRecognizer:
     """The real model and gallery, not yet warmed up (the worker template warms up with one thread, then
     each forked worker again with its own; see `facerec.worker.template`). Imports torch."""
-    from facerec.recognition.gallery import load_gallery
+    from facerec.gallery_store import blob_key, fetch_gallery
+    from facerec.recognition.gallery import Gallery, load_gallery, parse_gallery
     from facerec.recognition.recognizer import Recognizer
 
-    gallery = load_gallery(settings.gallery, settings) if settings.gallery else None
+    gallery: Gallery | None = None
+    stored = fetch_gallery(settings)  # `blob:KEY`, or on aws the file `serve --gallery` uploaded
+    if stored is not None:
+        source, data = stored
+        gallery = parse_gallery(data, settings, source=source)
+        log.info("gallery_loaded", extra={"source": source, "entries": len(gallery)})
+    elif settings.gallery and blob_key(settings.gallery) is None:
+        gallery = load_gallery(settings.gallery, settings)
     return Recognizer(settings, gallery)
 
 

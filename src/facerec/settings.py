@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     crop_size: int = Field(160, ge=32, le=512, description="Face crop side in pixels (160 for casia-webface).")
     margin: int = Field(14, ge=0, le=200, description="Margin around the detected box, in crop pixels.")
     min_face_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
+    min_face_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Smallest face MTCNN looks for as a fraction of the detected image's short side, when that is "
+        "more than min_face_size: skips the pyramid levels that could only find smaller faces.",
+    )
     unknown_threshold: Annotated[float, Field(gt=0)] | Literal["none"] | None = Field(
         None,
         description="L2 distance beyond which a face is answered `Unknown`. Unset: the one recorded in the gallery, "

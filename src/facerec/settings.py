@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         ge=64,
         description="Larger images are detected on a downscaled copy (detection cost grows with area).",
     )
+    decode_max_side: int = Field(
+        1280,
+        ge=64,
+        description="JPEGs whose long side is over twice this are decoded at 1/2, 1/4 or 1/8 size (never below "
+        "it): bounds a worker's memory per photo; the face crop is cut from the decoded image.",
+    )
+    decode_pixel_budget: int = Field(
+        6_000_000,
+        ge=1,
+        description="Most decoded pixels a worker holds at once: a batch whose images would exceed it is decoded "
+        "and detected in parts (an image larger than the budget alone is handled alone). 6 Mpx: 16 x 40 Mpx JPEGs "
+        "peak at ~800-870 MB vs 935-1066 MB at 16 Mpx; a batch of 16 photos up to 0.37 Mpx never splits. See "
+        "docs/reliability.md.",
+    )
     gallery: str | None = Field(
         None,
         description="Gallery file made by `facerec enroll` (or a course data.pt); people enrolled through the API "

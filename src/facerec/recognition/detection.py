@@ -14,6 +14,7 @@ from facenet_pytorch.models.utils.detect_face import extract_face
 from PIL import Image
 
 from facerec.recognition import cascade
+from facerec.recognition.images import decoded_scale
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class FaceDetector:
     ) -> DetectedFace:
         box = chosen[:4] * factor
         face = extract_face(image, box, self.crop_size, self.margin)
+        # Reported in the uploaded image's pixels even when it was decoded at reduced size.
+        box = box * decoded_scale(image)
         return DetectedFace(
             crop=fixed_image_standardization(face),
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     crop_size: int = Field(160, ge=32, le=512, description="Face crop side in pixels (160 for casia-webface).")
     margin: int = Field(14, ge=0, le=200, description="Margin around the detected box, in crop pixels.")
     min_face_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
+    min_face_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Smallest face MTCNN looks for as a fraction of the detected image's short side, when that is "
+        "more than min_face_size: skips the pyramid levels that could only find smaller faces.",
+    )
     unknown_threshold: Annotated[float, Field(gt=0)] | Literal["none"] | None = Field(
         None,
         description="L2 distance beyond which a face is answered `Unknown`. Unset: the one recorded in the gallery, "
@@ -91,6 +98,20 @@ class Settings(BaseSettings):
         640,
         ge=64,
         description="Larger images are detected on a downscaled copy (detection cost grows with area).",
+    )
+    decode_max_side: int = Field(
+        1280,
+        ge=64,
+        description="JPEGs whose long side is over twice this are decoded at 1/2, 1/4 or 1/8 size (never below "
+        "it): bounds a worker's memory per photo; the face crop is cut from the decoded image.",
+    )
+    decode_pixel_budget: int = Field(
+        6_000_000,
+        ge=1,
+        description="Most decoded pixels a worker holds at once: a batch whose images would exceed it is decoded "
+        "and detected in parts (an image larger than the budget alone is handled alone). 6 Mpx: 16 x 40 Mpx JPEGs "
+        "peak at ~800-870 MB vs 935-1066 MB at 16 Mpx; a batch of 16 photos up to 0.37 Mpx never splits. See "
+        "docs/reliability.md.",
     )
     gallery: str | None = Field(
         None,

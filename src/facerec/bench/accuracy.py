@@ -173,6 +173,19 @@ def command(json_path: Path, datasets: Path) -> None:
     shipped = CALIBRATED.get(recognizer.model_id)
     chosen = results["plain"]["chosen"]
     results["shipped"] = None if shipped is None else asdict(shipped)
+    if shipped is not None:
+        # What a deployment answers: the held-out half at the shipped thresholds (a pipeline change is judged
+        # here, whatever thresholds its own calibration would choose).
+        held_out = {name: plain[name] for name in held_out_names if name in plain}
+        at_shipped = evaluate(held_out, shipped.recognition, shipped.verification, enrollable)
+        results["plain"]["held_out_at_shipped"] = at_shipped
+        click.echo(
+            f"held out at the shipped {shipped.recognition}/{shipped.verification}: named correctly "
+            f"{at_shipped['recognition']['named_correctly']:.1%} (nearest right "
+            f"{at_shipped['recognition']['nearest_is_right']:.1%}), strangers Unknown "
+            f"{at_shipped['recognition']['strangers_unknown']:.1%}, verification accuracy "
+            f"{at_shipped['verification']['accuracy']:.1%}"
+        )
     if shipped is None or asdict(shipped) != chosen:
         click.echo(f"note: thresholds.CALIBRATED holds {shipped} for {recognizer.model_id}, not these", err=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""`facerec bench model`: detect+embed throughput at batch 1 and batched, the embedding stage alone, peak RSS.
+"""`facerec bench model`: facerec against stock facenet-pytorch in the same run (same images, weights and threads),
+where each millisecond goes (decode, detect+crop, embed, match), detect+embed throughput at batch 1 and batched,
+the embedding stage alone against the machine's fp32 matmul rate, peak RSS.
 
 Images: the 10 unique cse546 test images (64x64) and lfw_small (250x250). Every figure is the median of
 `--rounds` rounds; the machine's cores are shared, so expect noise between runs, not within one.
@@ -25,6 +27,19 @@ from facerec.settings import Settings
 
 GFLOP_PER_FACE_AT_160 = 2.84  # InceptionResnetV1 forward pass, scales with the crop's area
 BATCH_SIZES = (4, 8, 16, 32)
+
+
+def _stock_model(settings: Settings, random_init: bool, recognizer: Any) -> torch.nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    if random_init:
+        torch.manual_seed(0)
+        untrained: torch.nn.Module = InceptionResnetV1(classify=False).eval()
+        return untrained
+    from facerec.recognition.weights import load_embedding_model
+
+    trained: torch.nn.Module = load_embedding_model(settings).eval()
+    return trained
 
 
 def cse546_images(datasets: Path) -> list[bytes]:
@@ -99,6 +114,107 @@ def embedding_rates(recognizer: Any, crop_size: int, rounds: int) -> dict[str, A
     }
 
 
+def matmul_gflops(rounds: int, size: int = 2048) -> float:
+    """The machine's fp32 limit on these threads: a plain size x size matmul, median of `rounds`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return round(statistics.median(rates), 1)
+
+
+def stock_pipeline(model: torch.nn.Module, crop_size: int) -> Callable[[Sequence[bytes]], int]:
+    """facenet-pytorch as its README uses it, one image at a time: PIL decode, MTCNN(image_size) returning the
+    most probable face's crop, InceptionResnetV1 on it, the nearest of a gallery. Returns the faces found."""
+    import io
+
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    mtcnn = MTCNN(image_size=crop_size, device="cpu").eval()
+    gallery = torch.nn.functional.normalize(torch.randn(100, 512), dim=1)
+
+    def run(images: Sequence[bytes]) -> int:
+        faces = 0
+        with torch.inference_mode():
+            for data in images:
+                crop = mtcnn(Image.open(io.BytesIO(data)).convert("RGB"))
+                if crop is None:
+                    continue
+                embedding = model(crop.unsqueeze(0))
+                torch.cdist(embedding, gallery).argmin()
+                faces += 1
+        return faces
+
+    return run
+
+
+def versus_stock(
+    recognizer: Any, stock: Callable[[Sequence[bytes]], int], images: Sequence[bytes], rounds: int
+) -> dict[str, Any]:
+    """Images/s of the stock pipeline and of `recognize()` in batches of `batch_max`, interleaved round by round
+    (the cores are shared: both see the same neighbours), and the ratio of the medians."""
+    batch = recognizer.settings.batch_max
+
+    def ours() -> None:
+        for start in range(0, len(images), batch):
+            recognizer.recognize(images[start : start + batch])
+
+    stock(images[:2])
+    ours()
+    stock_rates, our_rates = [], []
+    for _ in range(rounds):
+        stock_rates.append(median_rate(len(images), lambda: stock(images), 1))
+        our_rates.append(median_rate(len(images), ours, 1))
+    return {
+        "images": len(images),
+        "batch": batch,
+        "stock_images_per_s": round(statistics.median(stock_rates), 2),
+        "facerec_images_per_s": round(statistics.median(our_rates), 2),
+        "ratio": round(statistics.median(our_rates) / statistics.median(stock_rates), 2),
+    }
+
+
+def stages(recognizer: Any, images: Sequence[bytes], rounds: int) -> dict[str, Any]:
+    """Milliseconds per image of each stage of `recognize()` at `batch_max`, run stage by stage (medians)."""
+    from facerec.recognition.gallery import Gallery
+    from facerec.recognition.images import decode_image
+
+    settings = recognizer.settings
+    batch = settings.batch_max
+    parts = [images[start : start + batch] for start in range(0, len(images), batch)]
+    gallery = Gallery.from_people(
+        {f"p{i}": [v] for i, v in enumerate(torch.nn.functional.normalize(torch.randn(100, 512), dim=1).numpy())},
+        recognizer.gallery_meta(),
+    )
+    timings: dict[str, list[float]] = {"decode": [], "detect_and_crop": [], "embed": [], "match": []}
+    for _ in range(rounds):
+        totals = dict.fromkeys(timings, 0.0)
+        for part in parts:
+            started = time.perf_counter()
+            decoded = [decode_image(data, settings.max_image_pixels, settings.decode_max_side) for data in part]
+            totals["decode"] += time.perf_counter() - started
+            started = time.perf_counter()
+            faces = [face for face in recognizer.detector.detect(decoded) if face is not None]
+            totals["detect_and_crop"] += time.perf_counter() - started
+            started = time.perf_counter()
+            vectors = recognizer.embed_crops(torch.stack([face.crop for face in faces])) if faces else []
+            totals["embed"] += time.perf_counter() - started
+            started = time.perf_counter()
+            for vector in vectors:
+                gallery.nearest(vector[None, :])
+                gallery.candidates(vector[None, :], 1)
+            totals["match"] += time.perf_counter() - started
+        for stage, seconds in totals.items():
+            timings[stage].append(seconds / len(images) * 1000)
+    ms = {stage: round(statistics.median(values), 2) for stage, values in timings.items()}
+    around = ms["decode"] + ms["detect_and_crop"] + ms["match"]
+    return {"ms_per_image": ms, "around_embed_vs_embed": round(around / ms["embed"], 2) if ms["embed"] else None}
+
+
 def current_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -142,10 +258,24 @@ def command(json_path: Path, datasets: Path, lfw_count: int, rounds: int, random
         "rounds": rounds,
     }
     results["rss_after_load_mb"] = round(current_rss_mb(), 1)
+    results["matmul_2048_gflop_per_s"] = matmul_gflops(rounds)
+    # Same weights, unfolded (the stock model as facenet-pytorch builds it), same threads.
+    stock_model = _stock_model(settings, random_init, recognizer)
+    stock = stock_pipeline(stock_model, settings.crop_size)
+    cse, lfw = (cse546_images(datasets) * 10)[:100], lfw_images(datasets, 100)
+    results["vs_stock"] = {
+        "cse546": versus_stock(recognizer, stock, cse, rounds),
+        "lfw_small": versus_stock(recognizer, stock, lfw, rounds),
+    }
+    results["stages"] = {"cse546": stages(recognizer, cse, rounds), "lfw_small": stages(recognizer, lfw, rounds)}
+    del stock_model, stock
     # The course's workload sends its 10 distinct images over and over: batches up to 32 of them, as a worker sees.
     results["cse546"] = pipeline_rates(recognizer, (cse546_images(datasets) * 7)[:64], rounds)
     results["lfw_small"] = pipeline_rates(recognizer, lfw_images(datasets, lfw_count), rounds)
     results["embedding"] = embedding_rates(recognizer, settings.crop_size, rounds)
+    results["embedding"]["vs_matmul"] = round(
+        results["embedding"]["gflop_per_s_best"] / results["matmul_2048_gflop_per_s"], 2
+    )
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,18 +9,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from facenet_pytorch import MTCNN
 from facenet_pytorch.models.mtcnn import fixed_image_standardization
-from facenet_pytorch.models.utils.detect_face import detect_face, extract_face
+from facenet_pytorch.models.utils.detect_face import extract_face
 from PIL import Image
 
+from facerec.recognition import cascade
+from facerec.recognition.images import decoded_scale
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# MTCNN's P-Net runs on every pyramid level of the whole batch at once; bounding the pixels per call keeps a
-# batch of large photos from pushing the worker past its memory budget (measured peak RSS for 32 LFW photos:
-# 1.27 GB at 4 Mpx per call, 1.02 GB at 0.5 Mpx; batching large images barely speeds MTCNN up anyway).
+# P-Net runs on each pyramid level of a batch's images at once; bounding the (scaled) pixels per call keeps a
+# batch of large photos from pushing the worker past its memory budget (measured peak RSS for 32 LFW photos
+# with facenet-pytorch's loop: 1.27 GB at 4 Mpx per call, 1.02 GB at 0.5 Mpx).
 MAX_PIXELS_PER_CALL = 500_000
 
 MAX_FACES_PER_IMAGE = 10
@@ -57,43 +58,31 @@ class FaceDetector:
         self.crop_size = settings.crop_size
         self.margin = settings.margin
         self.detect_max_side = settings.detect_max_side
-        self._mtcnn = MTCNN(
-            image_size=settings.crop_size,
-            margin=settings.margin,
-            min_face_size=settings.min_face_size,
-            keep_all=True,
-            device="cpu",
-        ).eval()
+        self.min_face_size = settings.min_face_size
+        self.min_face_ratio = settings.min_face_ratio
+        self.nets = cascade.Nets.pretrained()
 
     def detect(
         self, images: Sequence[Image.Image], every_face: Sequence[bool] | None = None
     ) -> list[DetectedFace | None]:
         """The subject face (or None) per RGB image, in order, with the other faces of the images whose
-        `every_face` is true. Same-size images are detected in one MTCNN call."""
+        `every_face` is true. Same-size images go through the cascade together."""
         scaled = [self._detection_copy(image) for image in images]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (copy, _) in enumerate(scaled):
             groups[copy.size].append(index)
         found: list[DetectedFace | None] = [None] * len(images)
         for (width, height), indices in groups.items():
-            per_call = max(1, MAX_PIXELS_PER_CALL // (width * height))
-            for start in range(0, len(indices), per_call):
-                chunk = indices[start : start + per_call]
-                batch = np.stack([np.asarray(scaled[i][0], dtype=np.uint8) for i in chunk])
-                with torch.inference_mode():
-                    batch_boxes, _ = detect_face(
-                        batch,
-                        self._mtcnn.min_face_size,
-                        self._mtcnn.pnet,
-                        self._mtcnn.rnet,
-                        self._mtcnn.onet,
-                        self._mtcnn.thresholds,
-                        self._mtcnn.factor,
-                        self._mtcnn.device,
-                    )
-                for index, boxes in zip(chunk, batch_boxes, strict=True):
-                    every = every_face is not None and every_face[index]
-                    found[index] = self._faces(images[index], np.asarray(boxes), scaled[index][1], width, height, every)
+            pixels = torch.from_numpy(np.stack([np.asarray(scaled[i][0], dtype=np.uint8) for i in indices]))
+            min_face = cascade.min_face_for(height, width, self.min_face_size, self.min_face_ratio)
+            with torch.inference_mode():
+                batch = pixels.permute(0, 3, 1, 2).float().contiguous()
+                del pixels
+                per_image = cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL)
+                del batch
+            for index, boxes in zip(indices, per_image, strict=True):
+                every = every_face is not None and every_face[index]
+                found[index] = self._faces(images[index], boxes.numpy(), scaled[index][1], width, height, every)
         return found
 
     def _detection_copy(self, image: Image.Image) -> tuple[Image.Image, float]:
@@ -123,6 +112,8 @@ class FaceDetector:
     ) -> DetectedFace:
         box = chosen[:4] * factor
         face = extract_face(image, box, self.crop_size, self.margin)
+        # Reported in the uploaded image's pixels even when it was decoded at reduced size.
+        box = box * decoded_scale(image)
         return DetectedFace(
             crop=fixed_image_standardization(face),
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),

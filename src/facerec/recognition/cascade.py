@@ -1,0 +1,251 @@
+"""MTCNN's three-stage cascade (P-Net -> R-Net -> O-Net) over a batch of same-size images, all in torch.
+
+facenet-pytorch's networks and weights, its thresholds and its box arithmetic; what differs from its
+`detect_face` loop is only how the work is laid out:
+
+- the pyramid starts at the scale where a face of `min_face` pixels becomes P-Net's 12-pixel cell, and
+  `min_face` may grow with the image (`min_face_ratio`): no scale is run that could only find faces smaller
+  than asked for;
+- P-Net runs on the whole batch per scale in channels_last (measured ~1.5x faster than the NCHW views
+  facenet-pytorch feeds it), in chunks bounded by `max_pixels` to cap its activations' memory;
+- R-Net and O-Net run once each over every candidate of the batch, and their inputs are cut and resampled
+  by one `roi_align` call (adaptive sampling: the mean of bilinear samples per output cell, ~ the "area"
+  resampling of the original) instead of one `interpolate` per candidate (7000 calls per 100 photos);
+- the final "Min" non-maximum suppression stays in torch (facenet-pytorch goes through numpy here, and its
+  batching breaks with numpy 2 on a batch that holds an image without faces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+from torchvision.ops import batched_nms, roi_align
+
+THRESHOLDS = (0.6, 0.7, 0.7)
+"""facenet-pytorch's default face probability thresholds per stage."""
+FACTOR = 0.709
+"""Scale step between pyramid levels (facenet-pytorch's default)."""
+CELL = 12
+STRIDE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Nets:
+    pnet: PNet
+    rnet: RNet
+    onet: ONet
+
+    @classmethod
+    def pretrained(cls) -> Nets:
+        return cls(PNet().eval(), RNet().eval(), ONet().eval())
+
+
+def pyramid(height: int, width: int, min_face: float, factor: float = FACTOR) -> list[float]:
+    """The scales P-Net runs at: from the one mapping `min_face` pixels to a 12-pixel cell, down by `factor`
+    while the image's short side still holds a cell."""
+    scale = CELL / min_face
+    side = min(height, width) * scale
+    scales = []
+    while side >= CELL:
+        scales.append(scale)
+        scale *= factor
+        side *= factor
+    return scales
+
+
+def _normalise(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels - 127.5) * 0.0078125
+
+
+def _pnet_candidates(
+    images: torch.Tensor, nets: Nets, scales: list[float], threshold: float, max_pixels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net's boxes [K, 9] (x1, y1, x2, y2, score, 4 regression offsets) and their image index [K]."""
+    count, _, height, width = images.shape
+    boxes: list[torch.Tensor] = []
+    owners: list[torch.Tensor] = []
+    for scale in scales:
+        size = (int(height * scale + 1), int(width * scale + 1))
+        per_call = max(1, max_pixels // (size[0] * size[1]))
+        for start in range(0, count, per_call):
+            chunk = images[start : start + per_call]
+            # "area" resampling is linear: resampling the normalised pixels is normalising the resampled ones.
+            reg, probs = nets.pnet(F.interpolate(chunk, size=size, mode="area"))
+            found, owner = _cells_to_boxes(reg, probs[:, 1], scale, threshold)
+            if len(found) == 0:
+                continue
+            owner = owner + start
+            keep = batched_nms(found[:, :4], found[:, 4], owner, 0.5)
+            boxes.append(found[keep])
+            owners.append(owner[keep])
+    if not boxes:
+        return torch.zeros(0, 9), torch.zeros(0, dtype=torch.long)
+    return torch.cat(boxes), torch.cat(owners)
+
+
+def _cells_to_boxes(
+    reg: torch.Tensor, probs: torch.Tensor, scale: float, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """facenet-pytorch's generateBoundingBox: the P-Net cells over `threshold` as boxes in image pixels."""
+    mask = probs >= threshold
+    where = mask.nonzero()
+    owner = where[:, 0]
+    score = probs[mask]
+    offsets = reg.permute(1, 0, 2, 3)[:, mask].permute(1, 0)
+    cell = where[:, 1:].to(reg.dtype).flip(1)
+    top_left = ((STRIDE * cell + 1) / scale).floor()
+    bottom_right = ((STRIDE * cell + CELL) / scale).floor()
+    return torch.cat([top_left, bottom_right, score.unsqueeze(1), offsets], dim=1), owner
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """facenet-pytorch's rerec: the square of the box's longer side, on the same centre."""
+    boxes = boxes.clone()
+    height = boxes[:, 3] - boxes[:, 1]
+    width = boxes[:, 2] - boxes[:, 0]
+    side = torch.maximum(width, height)
+    boxes[:, 0] = boxes[:, 0] + width * 0.5 - side * 0.5
+    boxes[:, 1] = boxes[:, 1] + height * 0.5 - side * 0.5
+    boxes[:, 2] = boxes[:, 0] + side
+    boxes[:, 3] = boxes[:, 1] + side
+    return boxes
+
+
+def _regress(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """facenet-pytorch's bbreg (box sizes counted inclusively, as its R/O-Net were trained)."""
+    boxes = boxes.clone()
+    width = boxes[:, 2] - boxes[:, 0] + 1
+    height = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, 0] += offsets[:, 0] * width
+    boxes[:, 1] += offsets[:, 1] * height
+    boxes[:, 2] += offsets[:, 2] * width
+    boxes[:, 3] += offsets[:, 3] * height
+    return boxes
+
+
+def _patches(images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, side: int) -> torch.Tensor:
+    """The boxes' pixels, clipped to the image as facenet-pytorch's `pad` does, resampled to side x side."""
+    _, _, height, width = images.shape
+    whole = boxes[:, :4].trunc()
+    x1 = whole[:, 0].clamp(min=1) - 1
+    y1 = whole[:, 1].clamp(min=1) - 1
+    x2 = whole[:, 2].clamp(max=width)
+    y2 = whole[:, 3].clamp(max=height)
+    rois = torch.stack([owners.to(images.dtype), x1, y1, x2, y2], dim=1)
+    # Adaptive sampling (ratio 0): ceil(box / side) bilinear samples per cell and axis, averaged.
+    patches: torch.Tensor = roi_align(
+        images, rois, output_size=(side, side), spatial_scale=1.0, sampling_ratio=0, aligned=True
+    )
+    return patches.contiguous(memory_format=torch.channels_last)
+
+
+def _usable(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Boxes that still hold at least one pixel of the image once clipped to it."""
+    whole = boxes[:, :4].trunc()
+    return (whole[:, 2].clamp(max=width) > whole[:, 0].clamp(min=1) - 1) & (
+        whole[:, 3].clamp(max=height) > whole[:, 1].clamp(min=1) - 1
+    )
+
+
+def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, owners: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy NMS per image where overlap is intersection over the smaller box (facenet-pytorch's 'Min')."""
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    shift = owners.to(boxes.dtype)[:, None] * (boxes.max() + 1)
+    shifted = boxes + shift
+    area = (shifted[:, 2] - shifted[:, 0] + 1) * (shifted[:, 3] - shifted[:, 1] + 1)
+    low = torch.maximum(shifted[:, None, :2], shifted[None, :, :2])
+    high = torch.minimum(shifted[:, None, 2:], shifted[None, :, 2:])
+    inter = (high - low + 1).clamp(min=0).prod(dim=2)
+    overlap = inter / torch.minimum(area[:, None], area[None, :])
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for index in order:
+        if suppressed[index]:
+            continue
+        keep.append(index)
+        suppressed |= overlap[index] > threshold
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def detect(
+    images: torch.Tensor,
+    nets: Nets,
+    min_face: float,
+    max_pixels: int,
+    thresholds: tuple[float, float, float] = THRESHOLDS,
+) -> list[torch.Tensor]:
+    """Faces per image of `images` ([N, 3, H, W] float RGB 0-255): [k, 5] x1, y1, x2, y2, probability each,
+    in the images' pixels. `max_pixels` bounds P-Net's input per call."""
+    count, _, height, width = images.shape
+    # Normalised once for all three stages. channels_last throughout: measured 2-8x faster for these small
+    # networks' max-pooling and ~2x for R-Net as a whole (it carries through resampling and convolutions).
+    images = _normalise(images).contiguous(memory_format=torch.channels_last)
+    boxes, owners = _pnet_candidates(images, nets, pyramid(height, width, min_face), thresholds[0], max_pixels)
+    if len(boxes):
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+        boxes, owners = boxes[keep], owners[keep]
+        width_ = boxes[:, 2] - boxes[:, 0]
+        height_ = boxes[:, 3] - boxes[:, 1]
+        moved = torch.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * width_,
+                boxes[:, 1] + boxes[:, 6] * height_,
+                boxes[:, 2] + boxes[:, 7] * width_,
+                boxes[:, 3] + boxes[:, 8] * height_,
+                boxes[:, 4],
+            ],
+            dim=1,
+        )
+        boxes = _square(moved)
+        boxes, owners = _refine(images, boxes, owners, nets, thresholds[1])
+    if len(boxes):
+        boxes, owners = _output(images, boxes, owners, nets, thresholds[2])
+    return [boxes[owners == index] for index in range(count)]
+
+
+def _refine(
+    images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-Net over every candidate of the batch at once."""
+    _, _, height, width = images.shape
+    usable = _usable(boxes, width, height)
+    boxes, owners = boxes[usable], owners[usable]
+    if len(boxes) == 0:
+        return boxes, owners
+    offsets, probs = nets.rnet(_patches(images, boxes, owners, 24))
+    score = probs[:, 1]
+    passed = score > threshold
+    boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
+    owners, offsets = owners[passed], offsets[passed]
+    keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+    return _square(_regress(boxes[keep], offsets[keep])), owners[keep]
+
+
+def _output(
+    images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """O-Net over every remaining candidate at once, then NMS by the smaller box's overlap."""
+    _, _, height, width = images.shape
+    usable = _usable(boxes, width, height)
+    boxes, owners = boxes[usable], owners[usable]
+    if len(boxes) == 0:
+        return boxes, owners
+    offsets, _, probs = nets.onet(_patches(images, boxes, owners, 48))
+    score = probs[:, 1]
+    passed = score > threshold
+    boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
+    owners, offsets = owners[passed], offsets[passed]
+    boxes = _regress(boxes, offsets)
+    keep = _nms_min(boxes[:, :4], boxes[:, 4], owners, 0.7)
+    return boxes[keep], owners[keep]
+
+
+def min_face_for(height: int, width: int, min_face_size: float, min_face_ratio: float) -> float:
+    """The smallest face looked for in an image: `min_face_size` pixels, or a `min_face_ratio` of its short side
+    when larger (a large photo's subject is never a few pixels wide), never beyond what P-Net can cover."""
+    return max(min_face_size, min(min_face_ratio * min(height, width), float(min(height, width))), 1.0)

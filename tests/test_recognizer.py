@@ -168,3 +168,22 @@ def test_a_gallery_replaced_during_a_batch_never_mislabels_it(enrolled, images: 
     finally:
         enrolled.gallery = before
     assert [o.name for o in outcomes] == [f"person{i}" for i in range(len(images))]
+
+
+def test_recognize_reports_its_stage_times_and_detection_splits_into_the_cascade(  # type: ignore[no-untyped-def]
+    enrolled, images: list[bytes]
+) -> None:
+    from facerec.recognition.images import decode_image
+    from facerec.recognition.recognizer import STAGES
+
+    outcomes = enrolled.recognize(images[:1])
+    assert all(isinstance(outcome, FaceResult) and not outcome.no_face for outcome in outcomes)
+    assert set(enrolled.last_stages) == set(STAGES)
+    assert all(seconds > 0 for seconds in enrolled.last_stages.values())
+    settings = enrolled.settings
+    seconds: dict[str, float] = {}
+    decoded = [decode_image(data, settings.max_image_pixels, settings.decode_max_side) for data in images[:1]]
+    faces = enrolled.detector.detect(decoded, None, seconds)
+    assert all(face is not None for face in faces)
+    assert set(seconds) == {"pnet", "rnet", "onet", "crop"}
+    assert all(value > 0 for value in seconds.values())

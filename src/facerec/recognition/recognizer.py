@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 Embedding = np.ndarray
 """[512] float32, unit length."""
 
+STAGES = ("decode", "detect", "embed", "match")
+"""The parts of `recognize()` timed into `last_stages`, in order."""
+
 # Largest forward pass: measured as fast as 32 (87 vs 85 faces/s) with ~70 MB less peak memory.
 EMBED_CHUNK = 16
 
@@ -80,6 +83,8 @@ class Recognizer:
         """The gallery given at start-up; people enrolled through the data tier are added to it."""
         self.unknown_threshold: float | None = None
         """Distance beyond which a face is Unknown; None: closed set (or not `threshold_needed`)."""
+        self.last_stages: dict[str, float] = {}
+        """Seconds per STAGES of the latest `recognize()` call (its whole batch), for the worker's answers."""
         if threshold_needed:
             self.unknown_threshold = recognition_threshold(settings, self.model_id, self.gallery.meta.unknown_threshold)
 
@@ -178,17 +183,19 @@ class Recognizer:
     def recognize(self, images: Sequence[ImageInput], wanted: Sequence[Wanted] | None = None) -> list[Outcome]:
         """One outcome per image, in order; never raises for a bad image. `wanted` (one per image): how many
         candidates per face, and whether to report every face (by default: the subject's nearest person)."""
-        started = time.perf_counter()
+        seconds = dict.fromkeys(STAGES, 0.0)
         wanted = list(wanted) if wanted is not None else [Wanted()] * len(images)
         if len(wanted) != len(images):
             raise ValueError(f"{len(wanted)} wishes for {len(images)} images")
-        faces, outcomes = self._detect(images, [w.all_faces for w in wanted])
-        detected = time.perf_counter()
+        faces, outcomes = self._detect(images, [w.all_faces for w in wanted], seconds)
         found = [(index, face) for index, face in enumerate(faces) if face is not None]
         # Every crop of the batch (subjects, then the other faces asked for) in one embedding pass.
         crops = [face for _, face in found] + [other for _, face in found for other in face.others]
         if found:
+            started = time.perf_counter()
             vectors = iter(self.embed_crops(torch.stack([face.crop for face in crops])))
+            embedded = time.perf_counter()
+            seconds["embed"] = embedded - started
             subjects = [next(vectors) for _ in found]
             # One gallery for the whole batch: use_enrolled() may replace self.gallery from another thread at
             # any moment, and an index found in one gallery must be named from that same gallery.
@@ -201,13 +208,15 @@ class Recognizer:
                     every.sort(key=_area, reverse=True)
                     result = replace(result, faces=tuple(every))
                 outcomes[index] = result
+            seconds["match"] = time.perf_counter() - embedded
+        # One assignment, read by the worker loop after this call returns (one inference at a time).
+        self.last_stages = seconds
         log.info(
             "recognized",
             extra={
                 "images": len(images),
                 "faces": len(crops),
-                "detect_s": round(detected - started, 4),
-                "embed_s": round(time.perf_counter() - detected, 4),
+                **{f"{stage}_s": round(value, 4) for stage, value in seconds.items()},
             },
         )
         return outcomes
@@ -283,13 +292,16 @@ class Recognizer:
         return outcomes
 
     def _detect(
-        self, images: Sequence[ImageInput], every_face: Sequence[bool] | None = None
+        self,
+        images: Sequence[ImageInput],
+        every_face: Sequence[bool] | None = None,
+        seconds: dict[str, float] | None = None,
     ) -> tuple[list[DetectedFace | None], list[Outcome]]:
         """Faces for the decodable images; outcomes pre-filled with NoFace / ImageRejected for the rest.
 
         Decoded in parts of at most `decode_pixel_budget` pixels (counted from the headers before decoding),
         each detected and released before the next is decoded: a batch of large photos splits rather than
-        holding them all at once."""
+        holding them all at once. `seconds`, when given, is added the `decode` and `detect` times."""
         outcomes: list[Outcome] = [_no_face()] * len(images)
         faces: list[DetectedFace | None] = [None] * len(images)
         budget, max_side = self.settings.decode_pixel_budget, self.settings.decode_max_side
@@ -298,12 +310,12 @@ class Recognizer:
         for index, data in enumerate(images):
             pixels = decoded_pixels(data, max_side)
             if part and held + pixels > budget:
-                self._detect_part(images, part, every_face, faces, outcomes)
+                self._detect_part(images, part, every_face, faces, outcomes, seconds)
                 part, held = [], 0
             part.append(index)
             held += pixels
         if part:
-            self._detect_part(images, part, every_face, faces, outcomes)
+            self._detect_part(images, part, every_face, faces, outcomes, seconds)
         return faces, outcomes
 
     def _detect_part(
@@ -313,7 +325,9 @@ class Recognizer:
         every_face: Sequence[bool] | None,
         faces: list[DetectedFace | None],
         outcomes: list[Outcome],
+        seconds: dict[str, float] | None = None,
     ) -> None:
+        started = time.perf_counter()
         decoded: list[Image.Image] = []
         positions: list[int] = []
         every: list[bool] = []
@@ -326,7 +340,11 @@ class Recognizer:
                 every.append(every_face is not None and every_face[index])
             except ImageDecodeError as exc:
                 outcomes[index] = ImageRejected(exc.code, exc.message)
+        decoded_at = time.perf_counter()
         detected = self.detector.detect(decoded, every) if any(every) else self.detector.detect(decoded)
+        if seconds is not None:
+            seconds["decode"] = seconds.get("decode", 0.0) + decoded_at - started
+            seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - decoded_at
         for index, face in zip(positions, detected, strict=True):
             faces[index] = face
 

@@ -169,6 +169,12 @@ class Timings(BaseModel):
     model_config = ConfigDict(frozen=True)
     queue_wait_s: float | None = None
     inference_s: float | None = None
+    stages: dict[str, float] | None = Field(
+        None,
+        description="This answer's share of its batch's worker stages (`fetch`, `decode`, `detect`, `embed`, "
+        "`match`): each stage's seconds for the batch divided by the images recognized together. Names are open "
+        "(a newer worker may add stages); readers keep the ones they know.",
+    )
 
 
 class RecognitionResponse(_Message):

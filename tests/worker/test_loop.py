@@ -190,3 +190,32 @@ async def test_an_unavailable_store_delays_requests_but_loses_none() -> None:
 
     assert [(r.id, r.result.name) for r in responses] == [(request.id, "Ana")]
     assert failures == [0]
+
+
+class _TimedRecognizer(FakeRecognizer):
+    """Reports fixed stage seconds for each whole batch, as the Recognizer's `last_stages`."""
+
+    def recognize(self, images, wanted=None):  # type: ignore[no-untyped-def]
+        outcomes = super().recognize(images, wanted)
+        self.last_stages = {"decode": 0.4, "detect": 0.8}
+        return outcomes
+
+
+async def test_each_answer_carries_its_share_of_the_batch_stage_times() -> None:
+    data = memory_tier()
+    recognizer = _TimedRecognizer()
+    requests = [await submit(data, f"p{i}.jpg", photo_of(name)) for i, name in enumerate(("Paul", "Ana", "Bo", "Paul"))]
+    worker = Worker(data, recognizer, make_settings(), name="w-test")
+
+    async with running(worker):
+        responses = await collect(data, expected=len(requests))
+
+    assert {r.id for r in responses} == {r.id for r in requests}
+    shares = {round(0.4 / size, 6) for size in recognizer.batches}
+    for response in responses:
+        assert response.timings is not None and response.timings.stages is not None
+        stages = response.timings.stages
+        assert set(stages) == {"fetch", "decode", "detect"}
+        assert stages["decode"] in shares
+        assert stages["detect"] == pytest.approx(2 * stages["decode"])
+        assert stages["fetch"] >= 0

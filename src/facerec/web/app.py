@@ -94,6 +94,7 @@ def create_app(
                 pending,
                 pollers=settings.web_response_pollers,
                 wait_s=settings.web_poll_wait_s,
+                on_response=metrics.observe_response,
             )
             poller.start()
             stack.push_async_callback(poller.stop)

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerec.logs import error_text
+from facerec.messages import RecognitionResponse
 from facerec.ports import MessageQueue
 from facerec.web.pending import PendingRequests
 
@@ -23,6 +24,10 @@ MEASURED_ROUTES = frozenset({"/", "/v1/recognitions"})
 # Worker start-to-ready: forked from the template in tenths of a second, spawned in seconds.
 WORKER_START_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 WORKER_STOP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# One image's share of a batch stage: matching in tenths of a millisecond, detection in tens of milliseconds.
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The stages observed; names a newer worker adds are ignored rather than allowed to grow the label set.
+WORKER_STAGES = frozenset({"fetch", "decode", "detect", "embed", "match"})
 
 
 class WebMetrics:
@@ -69,6 +74,23 @@ class WebMetrics:
             buckets=WORKER_STOP_BUCKETS,
             registry=self.registry,
         )
+
+        self.worker_stage = Histogram(
+            "facerec_worker_stage_seconds",
+            "Worker time per recognized image by stage: each answer's share of its batch's stage (the batch's "
+            "seconds over the images recognized together), observed once per answer the web tier receives.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_response(self, response: RecognitionResponse) -> None:
+        """A response listener: the stage shares a worker reported with its answer (none from older workers)."""
+        stages = response.timings.stages if response.timings is not None else None
+        for stage, seconds in (stages or {}).items():
+            # Finite and non-negative only: one bad value must not poison a histogram's sum for good.
+            if stage in WORKER_STAGES and 0.0 <= seconds < float("inf"):
+                self.worker_stage.labels(stage).observe(seconds)
 
     def observe_worker(self, event: str, seconds: float, start: str) -> None:
         """A fleet's timing listener: `ready` (start-to-ready) or `exited` (stop duration)."""

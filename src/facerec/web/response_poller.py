@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from facerec.logs import error_text
-from facerec.messages import InvalidMessage, parse_request, parse_response
+from facerec.messages import InvalidMessage, RecognitionResponse, parse_request, parse_response
 from facerec.ports import MessageQueue, ReceivedMessage
 from facerec.web.pending import PendingRequests
 
@@ -34,12 +34,15 @@ class ResponsePoller:
         *,
         pollers: int = 4,
         wait_s: float = 20.0,
+        on_response: Callable[[RecognitionResponse], None] | None = None,
     ) -> None:
+        """`on_response` sees every valid response, claimed or not (e.g. the metrics of the work it reports)."""
         self._responses = responses
         self._dead_letters = dead_letters
         self._pending = pending
         self._pollers = pollers
         self._wait_s = wait_s
+        self._on_response_seen = on_response
         self._tasks: list[asyncio.Task[None]] = []
         self.resolved = 0
         self.dropped = 0
@@ -99,6 +102,11 @@ class ResponsePoller:
             log.warning("response_invalid", extra={"message_id": message.message_id})
             self.dropped += 1
             return
+        if self._on_response_seen is not None:
+            try:
+                self._on_response_seen(response)
+            except Exception as exc:  # a listener's failure must never cost the answer
+                log.warning("response_listener_failed", extra={"request_id": response.id, "error": error_text(exc)})
         if self._pending.resolve(response):
             self.resolved += 1
         else:

@@ -136,9 +136,14 @@ def _error_code(code: str) -> ErrorCode:
         return ErrorCode.NOT_AN_IMAGE
 
 
-def outcome_answer(job: Job, outcome: Outcome, inference_s: float, worker: str) -> Answer:
-    """The answer for a recognized image; a result also becomes the out-bucket object (body: the name)."""
-    timings = Timings(queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4))
+def outcome_answer(
+    job: Job, outcome: Outcome, inference_s: float, worker: str, stages: dict[str, float] | None = None
+) -> Answer:
+    """The answer for a recognized image; a result also becomes the out-bucket object (body: the name).
+    `stages`: this image's share of the batch's stage seconds (see `Timings.stages`)."""
+    timings = Timings(
+        queue_wait_s=_queue_wait(job.request, job.received_at), inference_s=round(inference_s, 4), stages=stages
+    )
     if isinstance(outcome, ImageRejected):
         return error_answer(job.message, job.request.id, _error_code(outcome.code), outcome.message, worker, timings)
     result = _result(outcome)

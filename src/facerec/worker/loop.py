@@ -267,7 +267,24 @@ class Worker:
             raise RuntimeError(f"recognizer returned {len(outcomes)} outcomes for {len(images)} images")
         return outcomes
 
-    async def _recognize_alone(self, job: Job, image: bytes) -> Answer | None:
+    @staticmethod
+    def _fetch_share(batch: _Batch) -> float:
+        """One job's share of the time its batch spent fetching the input objects."""
+        return batch.timings.get("fetch_s", 0.0) / max(1, len(batch.jobs))
+
+    def _stage_shares(self, fetch_share: float, recognized: int) -> dict[str, float]:
+        """Per image: the batch's fetch time shared by its jobs, and the stage seconds the recognizer reported
+        for its latest call (`last_stages`, optional: a recognizer without it reports `fetch` alone) shared by
+        the images of that call. Read right after the call: inference runs one call at a time."""
+        shares = {"fetch": fetch_share}
+        reported = getattr(self.recognizer, "last_stages", None)
+        if isinstance(reported, dict):
+            for stage, seconds in reported.items():
+                if isinstance(stage, str) and isinstance(seconds, int | float):
+                    shares[stage] = seconds / max(1, recognized)
+        return {stage: round(seconds, 6) for stage, seconds in shares.items()}
+
+    async def _recognize_alone(self, job: Job, image: bytes, fetch_share: float) -> Answer | None:
         """One image on its own; a failure is answered on the last delivery, else retried by redelivery."""
         started = time.monotonic()
         try:
@@ -283,7 +300,7 @@ class Worker:
             self.in_hand.discard([job.message.receipt])
             self.stats.released += 1
             return None
-        return outcome_answer(job, outcome, time.monotonic() - started, self.name)
+        return outcome_answer(job, outcome, time.monotonic() - started, self.name, self._stage_shares(fetch_share, 1))
 
     async def _enroll(self, pairs: Sequence[tuple[Job, bytes]], timings: dict[str, float]) -> None:
         """Embed photos for the gallery store (rare and small: one inference call for all of them)."""
@@ -386,14 +403,15 @@ class Worker:
             else:
                 inference_s = time.monotonic() - started
                 timings["infer_s"] += inference_s
+                stages = self._stage_shares(self._fetch_share(batch), len(together))
                 answers = [
-                    outcome_answer(job, outcome, inference_s, self.name)
+                    outcome_answer(job, outcome, inference_s, self.name, stages)
                     for (job, _), outcome in zip(together, outcomes, strict=True)
                 ]
                 _accumulate(timings, await self._settle(answers))
         for job, image in alone:
             started = time.monotonic()
-            answer = await self._recognize_alone(job, image)
+            answer = await self._recognize_alone(job, image, self._fetch_share(batch))
             timings["infer_s"] += time.monotonic() - started
             if answer is not None:
                 # Settled one by one: if the next one kills the process, this answer is already out.

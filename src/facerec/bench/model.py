@@ -178,8 +178,14 @@ def versus_stock(
     }
 
 
+DETECTION_STAGES = ("pnet", "rnet", "onet", "crop")
+"""`detect_and_crop` split: the cascade's three networks (each with its resampling and NMS), then the rest
+(scaling for detection, cutting the aligned crops)."""
+
+
 def stages(recognizer: Any, images: Sequence[bytes], rounds: int) -> dict[str, Any]:
-    """Milliseconds per image of each stage of `recognize()` at `batch_max`, run stage by stage (medians)."""
+    """Milliseconds per image of each stage of `recognize()` at `batch_max`, run stage by stage (medians), and
+    of the parts of detection (`detect_ms_per_image`, medians per part: they need not add up exactly)."""
     from facerec.recognition.gallery import Gallery
     from facerec.recognition.images import decode_image
 
@@ -191,14 +197,16 @@ def stages(recognizer: Any, images: Sequence[bytes], rounds: int) -> dict[str, A
         recognizer.gallery_meta(),
     )
     timings: dict[str, list[float]] = {"decode": [], "detect_and_crop": [], "embed": [], "match": []}
+    detection: dict[str, list[float]] = {stage: [] for stage in DETECTION_STAGES}
     for _ in range(rounds):
         totals = dict.fromkeys(timings, 0.0)
+        split: dict[str, float] = {}
         for part in parts:
             started = time.perf_counter()
             decoded = [decode_image(data, settings.max_image_pixels, settings.decode_max_side) for data in part]
             totals["decode"] += time.perf_counter() - started
             started = time.perf_counter()
-            faces = [face for face in recognizer.detector.detect(decoded) if face is not None]
+            faces = [face for face in recognizer.detector.detect(decoded, None, split) if face is not None]
             totals["detect_and_crop"] += time.perf_counter() - started
             started = time.perf_counter()
             vectors = recognizer.embed_crops(torch.stack([face.crop for face in faces])) if faces else []
@@ -210,9 +218,15 @@ def stages(recognizer: Any, images: Sequence[bytes], rounds: int) -> dict[str, A
             totals["match"] += time.perf_counter() - started
         for stage, seconds in totals.items():
             timings[stage].append(seconds / len(images) * 1000)
+        for stage in DETECTION_STAGES:
+            detection[stage].append(split.get(stage, 0.0) / len(images) * 1000)
     ms = {stage: round(statistics.median(values), 2) for stage, values in timings.items()}
     around = ms["decode"] + ms["detect_and_crop"] + ms["match"]
-    return {"ms_per_image": ms, "around_embed_vs_embed": round(around / ms["embed"], 2) if ms["embed"] else None}
+    return {
+        "ms_per_image": ms,
+        "detect_ms_per_image": {stage: round(statistics.median(values), 2) for stage, values in detection.items()},
+        "around_embed_vs_embed": round(around / ms["embed"], 2) if ms["embed"] else None,
+    }
 
 
 def current_rss_mb() -> float:

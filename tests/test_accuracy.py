@@ -20,6 +20,7 @@ from facerec.recognition.gallery import Gallery
 from facerec.recognition.images import decode_image
 from facerec.recognition.thresholds import CALIBRATED
 from facerec.testing import jpeg_bytes
+from tests.model_memo import memoise_model_work
 from tests.standin_model import real_recognizer
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.slow
 def shipped_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FACEREC_UNKNOWN_THRESHOLD", "FACEREC_FLIP_TTA", "FACEREC_WEIGHTS"):
         monkeypatch.delenv(name, raising=False)
+    # These tests and the CLI's lfw_small test embed the same photos: each photo is detected and embedded once.
+    memoise_model_work(monkeypatch)
 
 
 @pytest.fixture(scope="module")

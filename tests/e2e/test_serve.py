@@ -14,9 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from facerec.cli import main
 from facerec.settings import Settings
 from tests.e2e.processes import free_port, interrupt, wait_for_http
+from tests.model_memo import memoise_model_work
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +30,14 @@ ALLOWED_MISSES = 5
 
 @pytest.fixture(scope="module")
 def lfw_gallery(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
+    """`facerec enroll --per-person 3`, in this process: the same photos the lfw_small accuracy tests embed are
+    then detected and embedded once per session (tests/model_memo.py), and no interpreter starts for it."""
     gallery = tmp_path_factory.mktemp("gallery") / "lfw3.pt"
-    subprocess.run(
-        [sys.executable, "-m", "facerec", "enroll", str(lfw_dir), "--gallery", str(gallery), "--per-person", "3"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        memoise_model_work(patch)
+        argv = ["enroll", str(lfw_dir), "--gallery", str(gallery), "--per-person", "3"]
+        result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
     return gallery
 
 

@@ -48,6 +48,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cse546_dir(datasets: Path) -> Path:
+    cse546 = datasets / "cse546"
+    if not cse546.is_dir():
+        raise click.ClickException(f"datasets not found at {cse546} (pass --datasets)")
+    return cse546
+
+
+def cse546_images(
+    cse546: Path, workdir: Path, archive_name: str, labels_name: str
+) -> tuple[list[Path], dict[str, str]]:
+    """The course's images unpacked into `workdir/images`, and their labels."""
+    (workdir / "images").mkdir()
+    return extract_images(cse546 / archive_name, workdir / "images"), load_labels(cse546 / labels_name)
+
+
 def raw_and_gallery(files: list[Path], labels: dict[str, str], gallery: Path, rounds: int) -> dict[str, Any]:
     """Raw throughput (batch_max images per call, median of rounds) and a gallery of the labelled people."""
     from facerec.recognition.gallery import Gallery
@@ -141,14 +156,10 @@ def command(
     plot_out: Path | None,
 ) -> None:
     """Raw recognizer vs the full stack on the same images, cold start, scale-in and memory, in one run."""
-    cse546 = datasets / "cse546"
-    if not cse546.is_dir():
-        raise click.ClickException(f"datasets not found at {cse546} (pass --datasets)")
+    cse546 = cse546_dir(datasets)
     with tempfile.TemporaryDirectory(prefix="facerec-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "images").mkdir()
-        files = extract_images(cse546 / archive_name, workdir / "images")
-        labels = load_labels(cse546 / labels_name)
+        files, labels = cse546_images(cse546, workdir, archive_name, labels_name)
         gallery = workdir / "gallery.pt"
         results: dict[str, Any] = {"requests": num_requests, "concurrency": concurrency, "cores": os.cpu_count()}
         results.update(raw_and_gallery(files, labels, gallery, raw_rounds))

@@ -28,9 +28,9 @@ from typing import Any
 import click
 import httpx
 
-from facerec.bench.load import load_labels, run_load, summarize
+from facerec.bench.load import run_load, summarize
 from facerec.bench.options import datasets_option, json_option
-from facerec.bench.stack import extract_images, raw_and_gallery, rss_mb, wait_workers
+from facerec.bench.stack import cse546_dir, cse546_images, raw_and_gallery, rss_mb, wait_workers
 
 MODES = ("fork", "spawn")
 
@@ -189,14 +189,10 @@ def command(num_requests: int, modes: str, port: int, datasets: Path, json_path:
     chosen = [mode.strip() for mode in modes.split(",") if mode.strip()]
     if not chosen or any(mode not in MODES for mode in chosen):
         raise click.BadParameter(f"choose from {', '.join(MODES)}", param_hint="--modes")
-    cse546 = datasets / "cse546"
-    if not cse546.is_dir():
-        raise click.ClickException(f"datasets not found at {cse546} (pass --datasets)")
+    cse546 = cse546_dir(datasets)
     with tempfile.TemporaryDirectory(prefix="facerec-bench-start-") as tmp:
         workdir = Path(tmp)
-        (workdir / "images").mkdir()
-        files = extract_images(cse546 / "face_images_100.zip", workdir / "images")
-        labels = load_labels(cse546 / "labels_100.csv")
+        files, labels = cse546_images(cse546, workdir, "face_images_100.zip", "labels_100.csv")
         gallery = workdir / "gallery.pt"
         results: dict[str, Any] = {"requests": num_requests, "cores": os.cpu_count()}
         raw_and_gallery(files, labels, gallery, rounds=1)

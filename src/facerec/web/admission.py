@@ -61,6 +61,12 @@ def reservation(scope: Scope) -> Reservation | None:
     return found
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length when it is a plain number (absent, chunked or malformed: None)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    return int(declared) if declared.isdigit() else None
+
+
 class InflightBytes:
     def __init__(self, app: ASGIApp, budget: ByteBudget, max_body_bytes: int) -> None:
         self.app = app
@@ -71,8 +77,8 @@ class InflightBytes:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        size = int(declared) if declared.isdigit() else self.max_body_bytes
+        declared = declared_length(scope)
+        size = self.max_body_bytes if declared is None else declared
         held = self.budget.try_reserve(min(size, self.max_body_bytes))
         if held is None:
             log.info("upload_refused_over_budget", extra={"declared": size, "held": self.budget.held})

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facerec.web.admission import Reservation, reservation
+from facerec.web.admission import Reservation, declared_length, reservation
 from facerec.web.errors import ServiceError, error_response
 from facerec.web.forms import request_form
 
@@ -79,8 +79,8 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
             error = too_large(self.file_limit)
             response = error_response(scope["path"], error.status, error.code, error.message, {"Connection": "close"})
             await response(scope, receive, send)

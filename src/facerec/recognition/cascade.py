@@ -18,6 +18,7 @@ facenet-pytorch's networks and weights, its thresholds and its box arithmetic; w
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -225,20 +226,33 @@ def _lap(seconds: dict[str, float] | None, stage: str, started: float) -> float:
     return now
 
 
-def _refine(
-    images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """R-Net over every candidate of the batch at once."""
+def _passing(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    owners: torch.Tensor,
+    threshold: float,
+    size: int,
+    net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidates inside their image, scored by `net` (box offsets, face probabilities) on `size`-pixel
+    patches: those above `threshold`, as (x1, y1, x2, y2, score) rows with their owners and offsets."""
     _, _, height, width = images.shape
     usable = _usable(boxes, width, height)
     boxes, owners = boxes[usable], owners[usable]
     if len(boxes) == 0:
-        return boxes, owners
-    offsets, probs = nets.rnet(_patches(images, boxes, owners, 24))
+        return boxes, owners, boxes.new_zeros((0, 4))
+    offsets, probs = net(_patches(images, boxes, owners, size))
     score = probs[:, 1]
     passed = score > threshold
     boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
-    owners, offsets = owners[passed], offsets[passed]
+    return boxes, owners[passed], offsets[passed]
+
+
+def _refine(
+    images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-Net over every candidate of the batch at once."""
+    boxes, owners, offsets = _passing(images, boxes, owners, threshold, 24, lambda patches: nets.rnet(patches))
     keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
     return _square(_regress(boxes[keep], offsets[keep])), owners[keep]
 
@@ -247,16 +261,7 @@ def _output(
     images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O-Net over every remaining candidate at once, then NMS by the smaller box's overlap."""
-    _, _, height, width = images.shape
-    usable = _usable(boxes, width, height)
-    boxes, owners = boxes[usable], owners[usable]
-    if len(boxes) == 0:
-        return boxes, owners
-    offsets, _, probs = nets.onet(_patches(images, boxes, owners, 48))
-    score = probs[:, 1]
-    passed = score > threshold
-    boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
-    owners, offsets = owners[passed], offsets[passed]
+    boxes, owners, offsets = _passing(images, boxes, owners, threshold, 48, lambda patches: nets.onet(patches)[::2])
     boxes = _regress(boxes, offsets)
     keep = _nms_min(boxes[:, :4], boxes[:, 4], owners, 0.7)
     return boxes[keep], owners[keep]

@@ -54,6 +54,16 @@ async def test_durable_writes_can_be_turned_off(tmp_path: Path, disk_events: lis
     assert disk_events == ["rename"]
 
 
+def assert_write_lock_free(path: Path) -> None:
+    """A writer gets the database's write lock at once (timeout 0: raises if anyone still holds it)."""
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+
+
 async def test_the_queue_probe_neither_waits_for_nor_takes_the_write_lock(tmp_path: Path) -> None:
     path = tmp_path / "queues.sqlite3"
     database = await SqliteDatabase.open(path)
@@ -66,11 +76,8 @@ async def test_the_queue_probe_neither_waits_for_nor_takes_the_write_lock(tmp_pa
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        # And the probe itself left no lock behind: a writer gets it at once.
-        writer = sqlite3.connect(path, isolation_level=None, timeout=0)
-        writer.execute("BEGIN IMMEDIATE")
-        writer.execute("ROLLBACK")
-        writer.close()
+        # And the probe itself left no lock behind.
+        assert_write_lock_free(path)
     finally:
         await database.aclose()
 
@@ -100,10 +107,7 @@ async def test_a_probe_of_a_broken_database_fails_with_port_error_and_holds_noth
         dropper.close()
         with pytest.raises(PortError):
             await queue.check()
-        writer = sqlite3.connect(path, isolation_level=None, timeout=0)
-        writer.execute("BEGIN IMMEDIATE")
-        writer.execute("ROLLBACK")
-        writer.close()
+        assert_write_lock_free(path)
     finally:
         await database.aclose()
 

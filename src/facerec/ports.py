@@ -154,6 +154,98 @@ class Fleet(Protocol):
         ...
 
 
+class QueueNotFound(LookupError):
+    """No queue of that name (a reply queue deleted with its web process, or reaped after it died)."""
+
+
+@runtime_checkable
+class ReplyQueues(Protocol):
+    """The per-web-process response queues of a deployment, `Settings.reply_queue(web_id)`
+    (`<prefix>-resp-<web id>`), besides the fixed `<prefix>-resp-queue` that `DataTier.responses` is.
+
+    A web process creates its own at start when another process already answers on the fixed one, deletes it at a
+    clean stop, and reaps those of processes that died (their membership heartbeat went stale). Workers open the
+    queue a request names as its `reply_to`."""
+
+    async def create(self, name: str) -> MessageQueue:
+        """Create (idempotent) and open a queue sized for responses."""
+        ...
+
+    async def open(self, name: str) -> MessageQueue:
+        """An existing reply queue (handles may be cached per name). Raises QueueNotFound."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Delete the queue and every message in it; a missing queue is not an error."""
+        ...
+
+    async def list(self) -> builtins.list[str]:
+        """Names of this deployment's per-process reply queues (never the fixed `<prefix>-resp-queue`), sorted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebMember:
+    """One web process of a deployment, as its last heartbeat described it."""
+
+    web_id: str
+    """`[0-9a-f]{12}`, random per process start."""
+    reply_queue: str
+    """The queue this process reads its answers from (the fixed `<prefix>-resp-queue` or its own)."""
+    in_flight: int
+    """Requests this process was waiting on at its last heartbeat (the scaler sums them)."""
+    heartbeat_at: float
+    """Unix time of the heartbeat, by the writer's clock."""
+    address: str = ""
+    """Where it serves (`host:port`), for banners, logs and `/v1/deployment`-style views."""
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A named lease with expiry (`scaler`: who runs the scaler; `reply:<prefix>-resp-queue`: who reads the fixed
+    response queue)."""
+
+    name: str
+    holder: str
+    """The holder's web id."""
+    expires_at: float
+    """Unix time; a lease past it is free for anyone to take."""
+    token: int
+    """Fencing token: grows by one every time the lease changes hands (not on renewal)."""
+
+
+@runtime_checkable
+class Coordination(Protocol):
+    """Membership heartbeats and leases for the web processes of one deployment, kept in the data tier (no new
+    server): a table in the local SQLite database; objects written with S3 conditional writes on AWS."""
+
+    async def heartbeat(self, member: WebMember) -> None:
+        """Insert or replace `member` (keyed by web id)."""
+        ...
+
+    async def members(self) -> builtins.list[WebMember]:
+        """Every member that has not left, stale ones included (the caller decides what is stale), by web id."""
+        ...
+
+    async def leave(self, web_id: str) -> None:
+        """Forget a member (a clean stop, or a reaped dead one); a missing one is not an error."""
+        ...
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        """Take the lease when it is free or expired, or renew it when `holder` holds it; None while another
+        holder's lease is live. Atomic across processes (and machines, on AWS): two callers never both get it."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None:
+        """Give the lease up at once if `holder` holds it (a clean stop hands over without waiting for expiry)."""
+        ...
+
+    async def check(self) -> None:
+        """Raise PortError when the coordination store cannot be used."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class DataTier:
     """The stores and queues one process uses; built by `facerec.backend.open_data_tier(settings)`."""
@@ -166,3 +258,7 @@ class DataTier:
     """Requests that failed `max_receives` times (redrive target of `requests`)."""
     gallery: BlobStore | None = None
     """People enrolled through the API (`facerec.people` layout); None where a deployment has no such store."""
+    replies: ReplyQueues | None = None
+    """Per-web-process reply queues; None where the backend runs one web process only (tests' fakes)."""
+    coordination: Coordination | None = None
+    """Membership and leases of the deployment's web processes; None where there is only ever one."""

@@ -6,6 +6,7 @@ This module must stay importable without torch: the web tier reads it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Annotated, Any, Literal
 from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEB_ID_PATTERN = "[0-9a-f]{12}"
+"""A web process's id (random per start): names its reply queue `<prefix>-resp-<web id>`."""
 
 
 class Settings(BaseSettings):
@@ -288,6 +292,19 @@ class Settings(BaseSettings):
     @property
     def dlq(self) -> str:
         return f"{self.prefix}-req-dlq"
+
+    def reply_queue(self, web_id: str) -> str:
+        """The reply queue of web process `web_id` when it does not read the fixed `resp_queue` (#15)."""
+        if not re.fullmatch(WEB_ID_PATTERN, web_id):
+            raise ValueError(f"web id must match {WEB_ID_PATTERN}")
+        return f"{self.prefix}-resp-{web_id}"
+
+    def is_reply_queue(self, name: str) -> bool:
+        """Whether a request's `reply_to` names a response queue of this deployment (workers answer nowhere else)."""
+        return (
+            name == self.resp_queue
+            or re.fullmatch(rf"{re.escape(self.prefix)}-resp-{WEB_ID_PATTERN}", name) is not None
+        )
 
 
 @lru_cache(maxsize=1)

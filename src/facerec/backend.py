@@ -82,7 +82,9 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
 async def open_aws_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     from facerec.adapters.aws_session import AwsClients
     from facerec.adapters.s3_blob import S3BlobStore
+    from facerec.adapters.s3_coordination import S3Coordination
     from facerec.adapters.sqs_queue import SqsQueue
+    from facerec.adapters.sqs_replies import SqsReplyQueues
 
     async with AwsClients(settings) as aws:
         queues = [
@@ -96,6 +98,10 @@ async def open_aws_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             responses=queues[1],
             dead_letters=queues[2],
             gallery=S3BlobStore(aws, settings.gallery_bucket),
+            # Per-process reply queues are SQS queues like the fixed one; membership and leases are objects
+            # under `_deployment/` in the gallery bucket (conditional writes; no new server).
+            replies=SqsReplyQueues(aws, settings, queues[1]),
+            coordination=S3Coordination(aws, settings.gallery_bucket),
         )
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 10
 WAIT_MAX_S = 20
 VISIBILITY_MAX_S = 43_200
-_MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
 def _chunks(items: Sequence[str], size: int = BATCH_MAX) -> list[Sequence[str]]:
@@ -67,7 +67,7 @@ class SqsQueue:
                 attributes = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["MaximumMessageSize"])
         except PortError as exc:
             cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES:
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES:
                 raise PortError(f"SQS queue {name!r} does not exist: run `facerec aws provision`") from cause
             raise
         limit = int(attributes.get("Attributes", {}).get("MaximumMessageSize", 262_144))

@@ -1,0 +1,164 @@
+"""ReplyQueues on SQS: one queue `<prefix>-resp-<web id>` per additional web process (the AWS temporary-queue
+pattern), created with the fixed response queue's attributes, found by name, and listed by name prefix.
+
+Workers only open these queues and send to them (their role may GetQueueUrl and SendMessage on
+`<prefix>-resp-*`, nothing else): a handle is built from the URL alone, with the fixed response queue's size
+limit, so opening one costs one GetQueueUrl and is cached. A send to a queue deleted since (its web process
+stopped or was reaped) raises QueueNotFound and forgets the handle.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from facerec.adapters.aws_session import AwsClients
+from facerec.adapters.s3_blob import aws_errors
+from facerec.adapters.sqs_queue import MISSING_QUEUE_CODES, SqsQueue
+from facerec.ports import PortError, QueueNotFound
+from facerec.settings import Settings
+
+if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
+
+log = logging.getLogger(__name__)
+
+COPIED_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "VisibilityTimeout",
+    "ReceiveMessageWaitTimeSeconds",
+    "DelaySeconds",
+)
+"""What a reply queue takes over from `<prefix>-resp-queue`: it carries the same messages, so the same limits."""
+LIST_PAGE = 1000
+
+
+def _missing_queue(exc: PortError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES
+
+
+class SqsReplyQueue(SqsQueue):
+    """A reply queue's handle: a send to a queue that is gone raises QueueNotFound (not PortError), so a
+    worker acknowledges the request instead of retrying an answer nobody waits for."""
+
+    def __init__(self, owner: SqsReplyQueues, aws: AwsClients, url: str, name: str, max_message_bytes: int) -> None:
+        super().__init__(aws, url, name, max_message_bytes)
+        self._owner = owner
+
+    async def send(self, body: str) -> str:
+        try:
+            return await super().send(body)
+        except PortError as exc:
+            self._raise_if_gone(exc)
+            raise
+
+    async def send_batch(self, bodies: Sequence[str]) -> builtins.list[str]:
+        try:
+            return await super().send_batch(bodies)
+        except PortError as exc:
+            self._raise_if_gone(exc)
+            raise
+
+    def _raise_if_gone(self, exc: PortError) -> None:
+        if _missing_queue(exc):
+            self._owner.forget(self.name)
+            raise QueueNotFound(self.name) from exc
+
+
+class SqsReplyQueues:
+    """`responses` is the deployment's fixed `<prefix>-resp-queue`: its attributes (read once, on the first
+    `create`) and size limit are the reply queues' own."""
+
+    def __init__(self, aws: AwsClients, settings: Settings, responses: SqsQueue) -> None:
+        self._aws = aws
+        self._settings = settings
+        self._responses = responses
+        self._attributes: dict[QueueAttributeNameType, str] | None = None
+        self._handles: dict[str, SqsReplyQueue] = {}
+
+    def _check_name(self, name: str) -> None:
+        if name == self._settings.resp_queue or not self._settings.is_reply_queue(name):
+            raise ValueError(f"not a per-process reply queue of deployment {self._settings.prefix}: {name!r}")
+
+    def _handle(self, name: str, url: str) -> SqsReplyQueue:
+        handle = SqsReplyQueue(self, self._aws, url, name, self._responses.max_message_bytes)
+        self._handles[name] = handle
+        return handle
+
+    def forget(self, name: str) -> None:
+        self._handles.pop(name, None)
+
+    async def _response_attributes(self) -> dict[QueueAttributeNameType, str]:
+        if self._attributes is None:
+            with aws_errors(f"sqs attributes {self._responses.name}"):
+                sqs = await self._aws.sqs()
+                reply = await sqs.get_queue_attributes(
+                    QueueUrl=self._responses.url, AttributeNames=list(COPIED_ATTRIBUTES)
+                )
+            found = reply.get("Attributes", {})
+            self._attributes = {key: found[key] for key in COPIED_ATTRIBUTES if key in found}
+        return self._attributes
+
+    async def create(self, name: str) -> SqsReplyQueue:
+        """Idempotent: CreateQueue returns the existing queue's URL when its attributes are the same."""
+        self._check_name(name)
+        attributes = await self._response_attributes()
+        with aws_errors(f"sqs create {name}"):
+            sqs = await self._aws.sqs()
+            url = (await sqs.create_queue(QueueName=name, Attributes=dict(attributes)))["QueueUrl"]
+        log.info("reply_queue_created", extra={"queue": name})
+        return self._handle(name, url)
+
+    async def open(self, name: str) -> SqsReplyQueue:
+        self._check_name(name)
+        cached = self._handles.get(name)
+        if cached is not None:
+            return cached
+        try:
+            with aws_errors(f"sqs queue {name}"):
+                sqs = await self._aws.sqs()
+                url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+        except PortError as exc:
+            if _missing_queue(exc):
+                raise QueueNotFound(name) from exc
+            raise
+        return self._handle(name, url)
+
+    async def delete(self, name: str) -> None:
+        self._check_name(name)
+        handle = self._handles.pop(name, None)
+        try:
+            with aws_errors(f"sqs delete queue {name}"):
+                sqs = await self._aws.sqs()
+                url = handle.url if handle is not None else (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+                await sqs.delete_queue(QueueUrl=url)
+        except PortError as exc:
+            if _missing_queue(exc):
+                return
+            raise
+        log.info("reply_queue_deleted", extra={"queue": name})
+
+    async def list(self) -> builtins.list[str]:
+        """ListQueues by the name prefix `<prefix>-resp-`; what else shares it (the fixed queue, another
+        deployment whose prefix starts the same) is filtered out by name."""
+        names: set[str] = set()
+        request: dict[str, object] = {"QueueNamePrefix": f"{self._settings.prefix}-resp-", "MaxResults": LIST_PAGE}
+        with aws_errors("sqs list reply queues"):
+            sqs = await self._aws.sqs()
+            while True:
+                reply = await sqs.list_queues(**request)  # type: ignore[arg-type]
+                for url in reply.get("QueueUrls", []):
+                    name = url.rstrip("/").rsplit("/", 1)[-1]
+                    if name != self._settings.resp_queue and self._settings.is_reply_queue(name):
+                        names.add(name)
+                token = reply.get("NextToken")
+                if not token:
+                    break
+                request["NextToken"] = token
+        return sorted(names)

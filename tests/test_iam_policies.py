@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from facerec.cli import main
 from facerec.provision import POLICIES, render_policy
 from facerec.settings import Settings
+from tests.iam_eval import Request, allows
 
 ACCOUNT = "123456789012"
 REGION = "eu-central-1"
@@ -19,6 +20,7 @@ PREFIX = "cse546-demo"
 
 # The only actions each role may have; anything else is a privilege nobody asked for.
 WEB_ACTIONS = {
+    "s3:GetObject",
     "s3:DeleteObject",
     "s3:PutObject",
     "s3:ListBucket",
@@ -27,6 +29,8 @@ WEB_ACTIONS = {
     "sqs:DeleteMessage",
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",
+    "sqs:CreateQueue",
+    "sqs:DeleteQueue",
     "ec2:DescribeInstances",
     "ec2:StartInstances",
     "ec2:StopInstances",
@@ -54,6 +58,11 @@ CONDITIONED_WILDCARDS = {
     f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/*",
     f"arn:aws:ec2:{REGION}::image/*",
 }
+
+
+REPLY_ID = "?" * 12
+"""IAM cannot say `[0-9a-f]{12}`: twelve `?` is the closest (`*` would also match `<prefix>-resp-queue`'s
+neighbours of other deployments, such as `<prefix>-resp-x-req-queue` of prefix `<prefix>-resp-x`)."""
 
 
 def settings(**overrides: Any) -> Settings:
@@ -88,7 +97,10 @@ def check_resources(document: dict[str, Any]) -> None:
                 for bucket in ("in", "out", "gallery"):
                     in_scope = in_scope.replace(f"{PREFIX}-{bucket}-bucket/*", "")
                 in_scope = in_scope.replace(f"{PREFIX}-gallery-bucket/embeddings/*", "")
+                in_scope = in_scope.replace(f"{PREFIX}-gallery-bucket/_deployment/*", "")
                 assert "*" not in in_scope, resource
+                # `?` only in the per-process reply queues' pattern: exactly a web id's 12 characters.
+                assert "?" not in in_scope or in_scope.endswith(f":{PREFIX}-resp-{REPLY_ID}"), resource
                 assert PREFIX in resource, resource
                 assert resource.startswith(("arn:aws:s3:::", f"arn:aws:sqs:{REGION}:{ACCOUNT}:", "arn:aws:iam::"))
 
@@ -141,8 +153,44 @@ def test_worker_policy_splits_reads_and_writes() -> None:
     assert ("s3:PutObject", f"arn:aws:s3:::{PREFIX}-in-bucket/*") not in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-resp-queue") in grants
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PREFIX}-req-queue") not in grants
+    # The per-process reply queues only to answer on: found by name and sent to, never read or made.
+    assert {a for a, r in grants if r.endswith(f"-resp-{REPLY_ID}")} == {"sqs:GetQueueUrl", "sqs:SendMessage"}
     # The DLQ only to find it (the data tier opens all three queues), never to read or write messages.
     assert {a for a, r in grants if "dlq" in r} == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
+
+
+def test_reply_queue_grants_cover_this_deployments_reply_queues_only() -> None:
+    """A web process makes, reads and deletes its own reply queue and answers others' dead letters on theirs; a
+    worker answers on any of them. Nothing reaches another deployment's queues, or the fixed ones beyond today."""
+    deployment = settings()
+    arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{{}}".format
+    ours = [arn(deployment.reply_queue(web_id)) for web_id in ("0123456789ab", "ffffffffffff")]
+    foreign = [arn(f"other-resp-{'a' * 12}"), arn(f"{PREFIX}x-resp-{'a' * 12}"), arn(f"{PREFIX}-resp-{'a' * 13}")]
+    fixed = [arn(deployment.req_queue), arn(deployment.resp_queue), arn(deployment.dlq)]
+    web = statements(render_policy("web", deployment, ACCOUNT))
+    worker = statements(render_policy("worker", deployment, ACCOUNT))
+    for action in ("sqs:CreateQueue", "sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"):
+        assert all(allows(web, Request(action, queue)) for queue in ours), action
+        assert not any(allows(web, Request(action, queue)) for queue in foreign), action
+    for action in ("sqs:CreateQueue", "sqs:DeleteQueue"):  # never the fixed queues
+        assert not any(allows(web, Request(action, queue)) for queue in fixed), action
+    assert not allows(web, Request("sqs:SendMessage", arn(deployment.dlq)))
+    for action in ("sqs:GetQueueUrl", "sqs:SendMessage"):
+        assert all(allows(worker, Request(action, queue)) for queue in ours), action
+        assert not any(allows(worker, Request(action, queue)) for queue in foreign), action
+    for action in ("sqs:CreateQueue", "sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage"):
+        assert not any(allows(worker, Request(action, queue)) for queue in ours), action
+
+
+def test_web_reads_and_writes_only_deployment_state_besides_the_gallery() -> None:
+    web = statements(render_policy("web", settings(), ACCOUNT))
+    state = f"arn:aws:s3:::{PREFIX}-gallery-bucket/_deployment/leases/scaler.json"
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert allows(web, Request(action, state)), action
+    # Still no reading of anything else: photos, records or API keys.
+    for key in ("photos/ada/1.jpg", "embeddings/ada/1.json", "api-keys/abc.json", "_deploymentx/y"):
+        assert not allows(web, Request("s3:GetObject", f"arn:aws:s3:::{PREFIX}-gallery-bucket/{key}")), key
+    assert not allows(web, Request("s3:GetObject", f"arn:aws:s3:::{PREFIX}-in-bucket/_deployment/x"))
 
 
 def deletes(role: str) -> set[str]:
@@ -154,7 +202,11 @@ def deletes(role: str) -> set[str]:
 
 def test_deletes_only_inputs_and_in_the_gallery() -> None:
     # The web tier deletes an input whose request the queue refused, and people's photos and records.
-    assert deletes("web") == {f"arn:aws:s3:::{PREFIX}-in-bucket/*", f"arn:aws:s3:::{PREFIX}-gallery-bucket/*"}
+    assert deletes("web") == {
+        f"arn:aws:s3:::{PREFIX}-in-bucket/*",
+        f"arn:aws:s3:::{PREFIX}-gallery-bucket/*",
+        f"arn:aws:s3:::{PREFIX}-gallery-bucket/_deployment/*",  # a member that left (its own, or reaped)
+    }
     # A worker only withdraws embedding records it wrote for a person deleted meanwhile: never photos.
     assert deletes("worker") == {f"arn:aws:s3:::{PREFIX}-gallery-bucket/embeddings/*"}
 

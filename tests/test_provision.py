@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,44 @@ def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:
     assert render_template("${prefix}-x ${aws:username} $HOME", {"prefix": "p"}) == "p-x ${aws:username} $HOME"
     with pytest.raises(KeyError):
         render_template("${unknown}", {})
+
+
+def test_status_and_teardown_cover_the_web_processes(endpoint: str) -> None:
+    """Provision makes no per-process queue (the web processes make their own); status shows each with its age
+    and owner, the members and leases; teardown deletes them and the `_deployment/` objects."""
+    provisioned = cli(endpoint, "provision")
+    assert "-resp-queue" in provisioned and not re.search(rf"{PREFIX}-resp-[0-9a-f]{{12}}", provisioned)
+    sqs, s3 = client("sqs", endpoint), client("s3", endpoint)
+    live, dead = "0123456789ab", "ba9876543210"
+    for web_id in (live, dead):
+        sqs.create_queue(QueueName=f"{PREFIX}-resp-{web_id}")
+    sqs.create_queue(QueueName=f"{PREFIX}-resp-{live}-not-ours")
+    now = time.time()
+    for web_id, heartbeat_at in ((live, now), (dead, now - 3600)):
+        member = {
+            "web_id": web_id,
+            "reply_queue": f"{PREFIX}-resp-{web_id}",
+            "in_flight": 2,
+            "heartbeat_at": heartbeat_at,
+            "address": "10.0.0.7:8000",
+            "pid": 99,
+        }
+        key = f"_deployment/members/{web_id}.json"
+        s3.put_object(Bucket=f"{PREFIX}-gallery-bucket", Key=key, Body=json.dumps(member))
+    lease = {"name": "scaler", "holder": live, "expires_at": now + 60, "token": 4, "nonce": "n", "written_at": now}
+    s3.put_object(Bucket=f"{PREFIX}-gallery-bucket", Key="_deployment/leases/scaler.json", Body=json.dumps(lease))
+
+    status = cli(endpoint, "status")
+    assert re.search(rf"live +web +{live} +\(10.0.0.7:8000, pid 99, 2 in flight, reads {PREFIX}-resp-{live}", status)
+    assert re.search(rf"stale +web +{dead} ", status)
+    assert re.search(rf"held +lease +scaler +\(by web {live}, token 4, expires in", status)
+    assert re.search(rf"{PREFIX}-resp-{live} +\(reply queue of live web {live}, created [0-9.]+ s ago", status)
+    assert re.search(rf"{PREFIX}-resp-{dead} +\(orphan: no live web process reads it", status)
+    assert f"{live}-not-ours" not in status
+
+    removed = cli(endpoint, "teardown", "--yes")
+    for web_id in (live, dead):
+        assert re.search(rf"deleted +queue +{PREFIX}-resp-{web_id} ", removed)
+    assert re.search(rf"deleted +state +s3://{PREFIX}-gallery-bucket/_deployment/ +\(3 objects", removed)
+    left = [url.rsplit("/", 1)[-1] for url in sqs.list_queues(QueueNamePrefix=PREFIX).get("QueueUrls", [])]
+    assert left == [f"{PREFIX}-resp-{live}-not-ours"]

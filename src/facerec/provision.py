@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -23,8 +24,11 @@ from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.adapters.s3_coordination import DEPLOYMENT_PREFIX, S3Coordination
+from facerec.adapters.sqs_replies import reply_queue_urls
 from facerec.gallery_store import BLOB_PREFIX
 from facerec.iam_roles import delete_roles, ensure_roles, roles_status
+from facerec.ports import WebMember
 from facerec.settings import Settings
 
 if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
@@ -432,11 +436,20 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
         if url is not None:
             await sqs.delete_queue(QueueUrl=url)
         actions.append(Action("queue", name, "deleted" if url else "absent"))
+    # The web processes' own reply queues (each deletes its own at a clean stop; these are what is left).
+    for name, url in sorted((await reply_queue_urls(aws, settings)).items()):
+        await _delete_queue_if_there(sqs, url)
+        actions.append(Action("queue", name, "deleted", "reply queue of a web process"))
     s3 = await aws.s3()
     for name in (settings.in_bucket, settings.out_bucket, settings.gallery_bucket):
         if not await bucket_exists(s3, name):
             actions.append(Action("bucket", name, "absent"))
             continue
+        if name == settings.gallery_bucket:
+            state = await _empty_bucket(s3, name, DEPLOYMENT_PREFIX)
+            if state:
+                detail = f"{state} objects: web processes' membership and leases"
+                actions.append(Action("state", f"s3://{name}/{DEPLOYMENT_PREFIX}", "deleted", detail))
         removed = await _empty_bucket(s3, name)
         await s3.delete_bucket(Bucket=name)
         actions.append(Action("bucket", name, "deleted", f"{removed} objects"))
@@ -446,9 +459,69 @@ async def teardown(aws: AwsClients, settings: Settings) -> list[Action]:
     return actions
 
 
-async def _empty_bucket(s3: S3Client, name: str) -> int:
+async def _delete_queue_if_there(sqs: SQSClient, url: str) -> None:
+    try:
+        await sqs.delete_queue(QueueUrl=url)
+    except ClientError as exc:
+        if _code(exc) not in _MISSING_QUEUE:  # deleted meanwhile by its web process: the same outcome
+            raise
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+async def _web_processes_status(aws: AwsClients, settings: Settings) -> list[Action]:
+    """The web processes from their heartbeats (live or stale), the leases, and each per-process reply queue
+    with its age and whether a live member reads it (an orphan is reaped by the next web process that starts,
+    or by a live one's sweep)."""
+    actions: list[Action] = []
+    now = time.time()
+    stale_after = float(getattr(settings, "web_stale_s", 5.0))  # TODO(merge leases): settings.web_stale_s
+    members: list[WebMember] = []
+    if await bucket_exists(await aws.s3(), settings.gallery_bucket):
+        coordination = S3Coordination(aws, settings.gallery_bucket)
+        members = await coordination.members()
+        for member in members:
+            age = now - member.heartbeat_at
+            outcome = "live" if age <= stale_after else "stale"
+            detail = (
+                f"{member.address or '?'}, pid {member.pid}, {member.in_flight} in flight, reads {member.reply_queue}, "
+                f"heartbeat {_age(age)} ago"
+            )
+            actions.append(Action("web", member.web_id, outcome, detail))
+        for lease in await coordination.leases():
+            if lease.expires_at > now:
+                detail = f"by web {lease.holder}, token {lease.token}, expires in {_age(lease.expires_at - now)}"
+                actions.append(Action("lease", lease.name, "held", detail))
+            else:
+                actions.append(Action("lease", lease.name, "free", f"last held by web {lease.holder}"))
+    live_readers = {m.reply_queue: m for m in members if now - m.heartbeat_at <= stale_after}
+    sqs = await aws.sqs()
+    for name, url in sorted((await reply_queue_urls(aws, settings)).items()):
+        wanted: list[QueueAttributeNameType] = ["CreatedTimestamp", "ApproximateNumberOfMessages"]
+        try:
+            found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
+        except ClientError as exc:
+            if _code(exc) in _MISSING_QUEUE:
+                continue  # deleted since the listing
+            raise
+        created = float(found.get("CreatedTimestamp", now))
+        owner = live_readers.get(name)
+        whose = f"reply queue of live web {owner.web_id}" if owner else "orphan: no live web process reads it"
+        detail = f"{whose}, created {_age(now - created)} ago, {found.get('ApproximateNumberOfMessages', '?')} visible"
+        actions.append(Action("queue", name, "exists", detail))
+    return actions
+
+
+async def _empty_bucket(s3: S3Client, name: str, prefix: str = "") -> int:
     removed = 0
-    kwargs: dict[str, Any] = {"Bucket": name, "MaxKeys": 1000}
+    kwargs: dict[str, Any] = {"Bucket": name, "MaxKeys": 1000, "Prefix": prefix}
     while True:
         page = await s3.list_objects_v2(**kwargs)
         keys: list[ObjectIdentifierTypeDef] = [{"Key": item["Key"]} for item in page.get("Contents", [])]
@@ -484,6 +557,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
         found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
         detail = f"{found.get(wanted[0], '?')} visible, {found.get(wanted[1], '?')} in flight"
         actions.append(Action("queue", name, "exists", detail))
+    actions += await _web_processes_status(aws, settings)
     actions += await roles_status(aws, settings)
     instances = await describe_fleet(await aws.ec2(), settings.prefix)
     for instance in sorted(instances, key=lambda i: name_number(tag_value(i, "Name") or "") or 0):

@@ -145,20 +145,24 @@ class SqsReplyQueues:
         log.info("reply_queue_deleted", extra={"queue": name})
 
     async def list(self) -> builtins.list[str]:
-        """ListQueues by the name prefix `<prefix>-resp-`; what else shares it (the fixed queue, another
-        deployment whose prefix starts the same) is filtered out by name."""
-        names: set[str] = set()
-        request: dict[str, object] = {"QueueNamePrefix": f"{self._settings.prefix}-resp-", "MaxResults": LIST_PAGE}
-        with aws_errors("sqs list reply queues"):
-            sqs = await self._aws.sqs()
-            while True:
-                reply = await sqs.list_queues(**request)  # type: ignore[arg-type]
-                for url in reply.get("QueueUrls", []):
-                    name = url.rstrip("/").rsplit("/", 1)[-1]
-                    if name != self._settings.resp_queue and self._settings.is_reply_queue(name):
-                        names.add(name)
-                token = reply.get("NextToken")
-                if not token:
-                    break
-                request["NextToken"] = token
-        return sorted(names)
+        return sorted(await reply_queue_urls(self._aws, self._settings))
+
+
+async def reply_queue_urls(aws: AwsClients, settings: Settings) -> dict[str, str]:
+    """Name -> URL of the deployment's per-process reply queues: ListQueues by the name prefix `<prefix>-resp-`,
+    page by page; what else shares the prefix (the fixed queue, another deployment whose prefix starts the same)
+    is filtered out by name."""
+    found: dict[str, str] = {}
+    request: dict[str, object] = {"QueueNamePrefix": f"{settings.prefix}-resp-", "MaxResults": LIST_PAGE}
+    with aws_errors("sqs list reply queues"):
+        sqs = await aws.sqs()
+        while True:
+            reply = await sqs.list_queues(**request)  # type: ignore[arg-type]
+            for url in reply.get("QueueUrls", []):
+                name = url.rstrip("/").rsplit("/", 1)[-1]
+                if name != settings.resp_queue and settings.is_reply_queue(name):
+                    found[name] = url
+            token = reply.get("NextToken")
+            if not token:
+                return found
+            request["NextToken"] = token

@@ -82,6 +82,14 @@ def _member(data: dict[str, Any]) -> WebMember:
     )
 
 
+def _lease(data: dict[str, Any], key: str) -> Lease | None:
+    try:
+        return Lease(str(data["name"]), str(data["holder"]), float(data["expires_at"]), int(data["token"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("coordination_lease_unreadable", extra={"key": key})
+        return None
+
+
 class S3Coordination:
     """`bucket` is the deployment's gallery bucket; `clock` is the wall clock leases expire by."""
 
@@ -206,28 +214,24 @@ class S3Coordination:
         if current is None or current[0].get("holder") != holder:
             return
         data, etag = current
-        record = {**data, "expires_at": 0.0, "nonce": uuid.uuid4().hex, "written_at": self._clock()}
-        await self._write(key, record, if_match=etag)
+        now = self._clock()
+        expired = min(float(data.get("expires_at", 0.0)), now)
+        await self._write(key, {**data, "expires_at": expired, "nonce": uuid.uuid4().hex, "written_at": now}, etag)
+
+    async def lease(self, name: str) -> Lease | None:
+        current = await self._read(lease_key(name))
+        return None if current is None else _lease(current[0], lease_key(name))
 
     async def check(self) -> None:
         with aws_errors(f"s3 bucket {self.bucket}"):
             s3 = await self._aws.s3()
             await s3.head_bucket(Bucket=self.bucket)
 
-    # --- for `facerec aws status` / `teardown` -----------------------------------------------------
+    # --- for `facerec aws status` -------------------------------------------------------------------
 
     async def leases(self) -> builtins.list[Lease]:
         """Every lease object, expired ones included, by name."""
-        leases: list[Lease] = []
-        for key in await self._keys(LEASES_PREFIX):
-            item = await self._read(key)
-            if item is None:
-                continue
-            data = item[0]
-            try:
-                leases.append(
-                    Lease(str(data["name"]), str(data["holder"]), float(data["expires_at"]), int(data["token"]))
-                )
-            except (KeyError, TypeError, ValueError):
-                log.warning("coordination_lease_unreadable", extra={"bucket": self.bucket, "key": key})
-        return sorted(leases, key=lambda lease: lease.name)
+        keys = await self._keys(LEASES_PREFIX)
+        found = await asyncio.gather(*(self._read(key) for key in keys))
+        leases = [_lease(item[0], key) for key, item in zip(keys, found, strict=True) if item is not None]
+        return sorted((lease for lease in leases if lease is not None), key=lambda lease: lease.name)

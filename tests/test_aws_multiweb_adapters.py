@@ -90,7 +90,7 @@ async def test_reply_queues_refuse_other_names(moto_endpoint: str, aws: AwsClien
     for name in (settings.resp_queue, settings.req_queue, "other-resp-aaaaaaaaaaaa", f"{settings.prefix}-resp-x"):
         with pytest.raises(ValueError, match="not a per-process reply queue"):
             await replies.create(name)
-        with pytest.raises(ValueError):
+        with pytest.raises(QueueNotFound):
             await replies.open(name)
 
 

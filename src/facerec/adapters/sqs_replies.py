@@ -116,7 +116,8 @@ class SqsReplyQueues:
         return self._handle(name, url)
 
     async def open(self, name: str) -> SqsReplyQueue:
-        self._check_name(name)
+        if name == self._settings.resp_queue or not self._settings.is_reply_queue(name):
+            raise QueueNotFound(name)  # never a handle on another queue a message merely names
         cached = self._handles.get(name)
         if cached is not None:
             return cached

@@ -40,6 +40,7 @@ def _make_directory(path: Path) -> Path:
 @asynccontextmanager
 async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     from facerec.adapters.local_blob import LocalBlobStore
+    from facerec.adapters.local_coordination import LocalCoordination
     from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
 
     data_dir = _make_directory(settings.data_dir)
@@ -73,6 +74,7 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             ),
             dead_letters=SqliteQueue(database, settings.dlq, **common),
             gallery=gallery,
+            coordination=await LocalCoordination.open(database),
         )
     finally:
         await database.aclose()

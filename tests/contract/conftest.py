@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from facerec.adapters.memory import MemoryBlobStore, MemoryQueue
+from facerec.adapters.memory import MemoryBlobStore, MemoryCoordination, MemoryQueue
 from facerec.ports import BlobStore, MessageQueue
 from tests.aws import boto3_client, moto_clients, unique_name
-from tests.contract.kits import QueueKit
+from tests.contract.kits import CoordinationKit, ManualClock, QueueKit
 
 
 @pytest.fixture(params=["memory", "local", "s3"])
@@ -88,3 +88,17 @@ async def queue_kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
         async with moto_clients(endpoint) as aws:
             yield QueueKit("sqs", make_sqs, tick=1.0)
+
+
+@pytest.fixture(params=["memory", "local"])
+async def coordination(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CoordinationKit]:
+    clock = ManualClock()
+    if request.param == "memory":
+        yield CoordinationKit("memory", MemoryCoordination(clock), clock)
+    else:
+        from facerec.adapters.local_coordination import LocalCoordination
+        from facerec.adapters.local_queue import SqliteDatabase
+
+        database = await SqliteDatabase.open(tmp_path / "queues.sqlite3")
+        yield CoordinationKit("local", await LocalCoordination.open(database, clock), clock)
+        await database.aclose()

@@ -10,10 +10,19 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from facerec.ports import BlobNotFound, InvalidKey, MessageTooLarge, QueueStats, ReceivedMessage
+from facerec.adapters.lease_rule import next_lease
+from facerec.ports import (
+    BlobNotFound,
+    InvalidKey,
+    Lease,
+    MessageTooLarge,
+    QueueStats,
+    ReceivedMessage,
+    WebMember,
+)
 
 RECEIVE_MAX = 10
 
@@ -150,6 +159,43 @@ class MemoryQueue:
         now = time.monotonic()
         visible = sum(1 for m in self._messages.values() if m.visible_at <= now)
         return QueueStats(visible=visible, in_flight=len(self._messages) - visible)
+
+    async def check(self) -> None:
+        return None
+
+
+class MemoryCoordination:
+    """Membership and leases in a dict, for one event loop (unit tests of leadership and of the web tier's
+    deployment); `clock` is the wall clock leases expire by (injectable so tests need not sleep)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._members: dict[str, WebMember] = {}
+        self._leases: dict[str, Lease] = {}
+
+    async def heartbeat(self, member: WebMember) -> None:
+        self._members[member.web_id] = member
+
+    async def members(self) -> list[WebMember]:
+        return [self._members[web_id] for web_id in sorted(self._members)]
+
+    async def leave(self, web_id: str) -> None:
+        self._members.pop(web_id, None)
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        lease = next_lease(self._leases.get(name), name, holder, ttl_s, self._clock())
+        if lease is not None:
+            self._leases[name] = lease
+        return lease
+
+    async def release(self, name: str, holder: str) -> None:
+        current = self._leases.get(name)
+        if current is not None and current.holder == holder:
+            # Kept, expired, rather than removed: the next holder's token must still grow.
+            self._leases[name] = Lease(name, holder, min(current.expires_at, self._clock()), current.token)
+
+    async def lease(self, name: str) -> Lease | None:
+        return self._leases.get(name)
 
     async def check(self) -> None:
         return None

@@ -106,6 +106,8 @@ def requests_of(
             raise NotImplementedError(f"s3 {operation} without a key (extend tests/iam_eval.py)")
         return [Request(action, f"arn:aws:s3:::{bucket}/{call['Key']}")]
     if service == "sqs":
+        if operation == "ListQueues":
+            return [Request(action, "*")]  # the one SQS action IAM cannot scope to queues
         name = call.get("QueueName") or str(call["QueueUrl"]).rstrip("/").rsplit("/", 1)[-1]
         return [Request(action, f"arn:aws:sqs:{region}:{account}:{name}")]
     if service == "ec2":

@@ -17,7 +17,7 @@ from facerec.adapters.sqs_replies import SqsReplyQueues
 from facerec.api_keys import create_key, list_keys
 from facerec.backend import open_data_tier
 from facerec.people import enrolled_people
-from facerec.ports import Coordination, Lease, QueueNotFound, ReplyQueues, WebMember
+from facerec.ports import WebMember
 from facerec.settings import Settings
 from tests.aws import boto3_client, create_aws_resources, moto_clients, moto_settings, unique_name
 
@@ -43,55 +43,14 @@ async def replies_of(aws: AwsClients, settings: Settings) -> SqsReplyQueues:
 # --- reply queues -----------------------------------------------------------------------------------
 
 
-async def test_reply_queues_create_open_list_delete(moto_endpoint: str, aws: AwsClients) -> None:
+async def test_reply_queues_take_the_response_queues_attributes(moto_endpoint: str, aws: AwsClients) -> None:
     settings = fresh(moto_endpoint)
     sqs = boto3_client("sqs", moto_endpoint)
     fixed_url = sqs.get_queue_url(QueueName=settings.resp_queue)["QueueUrl"]
-    sqs.set_queue_attributes(QueueUrl=fixed_url, Attributes={"MessageRetentionPeriod": "600"})
-    replies = await replies_of(aws, settings)
-    assert isinstance(replies, ReplyQueues)
-    name_a, name_b = settings.reply_queue(WEB_A), settings.reply_queue(WEB_B)
-    assert await replies.list() == []
-
-    queue = await replies.create(name_a)
-    assert (await replies.create(name_a)).url == queue.url  # idempotent
-    await replies.create(name_b)
-    # Another deployment whose prefix starts the same is not ours.
-    sqs.create_queue(QueueName=f"{settings.prefix}-resp-{WEB_A}x")
-    assert await replies.list() == [name_a, name_b]
-    # The response queue's attributes, so the same limits.
+    sqs.set_queue_attributes(QueueUrl=fixed_url, Attributes={"MessageRetentionPeriod": "600", "VisibilityTimeout": "7"})
+    queue = await (await replies_of(aws, settings)).create(settings.reply_queue(WEB_A))
     attributes = sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["All"])["Attributes"]
-    assert attributes["MessageRetentionPeriod"] == "600"
-
-    # A worker's view: another client opens it by name and answers on it.
-    async with moto_clients(moto_endpoint) as worker_aws:
-        worker_side = await replies_of(worker_aws, settings)
-        opened = await worker_side.open(name_a)
-        assert await worker_side.open(name_a) is opened  # cached
-        await opened.send_batch(['{"id": "1"}', '{"id": "2"}'])
-        received = await queue.receive(10, wait_seconds=1)
-        assert sorted(m.body for m in received) == ['{"id": "1"}', '{"id": "2"}']
-
-        await replies.delete(name_a)
-        await replies.delete(name_a)  # a missing queue is not an error
-        assert await replies.list() == [name_b]
-        with pytest.raises(QueueNotFound):
-            await worker_side.open(settings.reply_queue("c" * 12))
-        # The cached handle of a deleted queue: QueueNotFound (the worker acknowledges), and it is forgotten.
-        with pytest.raises(QueueNotFound):
-            await opened.send('{"id": "3"}')
-        with pytest.raises(QueueNotFound):
-            await worker_side.open(name_a)
-
-
-async def test_reply_queues_refuse_other_names(moto_endpoint: str, aws: AwsClients) -> None:
-    settings = fresh(moto_endpoint)
-    replies = await replies_of(aws, settings)
-    for name in (settings.resp_queue, settings.req_queue, "other-resp-aaaaaaaaaaaa", f"{settings.prefix}-resp-x"):
-        with pytest.raises(ValueError, match="not a per-process reply queue"):
-            await replies.create(name)
-        with pytest.raises(QueueNotFound):
-            await replies.open(name)
+    assert (attributes["MessageRetentionPeriod"], attributes["VisibilityTimeout"]) == ("600", "7")
 
 
 async def test_list_follows_pages(moto_endpoint: str, aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,57 +82,8 @@ async def test_list_follows_pages(moto_endpoint: str, aws: AwsClients, monkeypat
 # --- coordination -----------------------------------------------------------------------------------
 
 
-def member(web_id: str, in_flight: int = 0, at: float = 1000.0) -> WebMember:
-    return WebMember(web_id, f"p-resp-{web_id}", in_flight, at, "10.0.0.1:8000", 42)
-
-
-async def test_membership(moto_endpoint: str, aws: AwsClients) -> None:
-    settings = fresh(moto_endpoint)
-    coordination = S3Coordination(aws, settings.gallery_bucket)
-    assert isinstance(coordination, Coordination)
-    await coordination.check()
-    assert await coordination.members() == []
-    await coordination.heartbeat(member(WEB_B, 3))
-    await coordination.heartbeat(member(WEB_A, 1))
-    await coordination.heartbeat(member(WEB_A, 2, at=1001.0))  # replaces
-    assert await coordination.members() == [member(WEB_A, 2, at=1001.0), member(WEB_B, 3)]
-    await coordination.leave(WEB_A)
-    await coordination.leave(WEB_A)  # a missing one is not an error
-    assert await coordination.members() == [member(WEB_B, 3)]
-    with pytest.raises(ValueError):
-        await coordination.heartbeat(member("../../x"))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def test_lease_acquire_renew_expire_release(moto_endpoint: str, aws: AwsClients) -> None:
-    settings = fresh(moto_endpoint)
-    clock = Clock()
-    coordination = S3Coordination(aws, settings.gallery_bucket, clock=clock)
-    name = f"reply:{settings.resp_queue}"
-    first = await coordination.acquire(name, WEB_A, 3.0)
-    assert first == Lease(name, WEB_A, clock.now + 3.0, 1)
-    assert await coordination.acquire(name, WEB_B, 3.0) is None  # live: another holder's
-    clock.now += 2
-    renewed = await coordination.acquire(name, WEB_A, 3.0)
-    assert renewed == Lease(name, WEB_A, clock.now + 3.0, 1)  # renewal: same token
-    clock.now += 3.5
-    taken = await coordination.acquire(name, WEB_B, 3.0)  # expired: anyone may take it
-    assert taken == Lease(name, WEB_B, clock.now + 3.0, 2)
-    assert await coordination.acquire(name, WEB_A, 3.0) is None
-    await coordination.release(name, WEB_A)  # not the holder: nothing happens
-    assert await coordination.acquire(name, WEB_A, 3.0) is None
-    await coordination.release(name, WEB_B)
-    assert await coordination.acquire(name, WEB_A, 3.0) == Lease(name, WEB_A, clock.now + 3.0, 3)
-    assert [lease.holder for lease in await coordination.leases()] == [WEB_A]
-    # Two leases are independent objects.
-    assert await coordination.acquire("scaler", WEB_B, 3.0) == Lease("scaler", WEB_B, clock.now + 3.0, 1)
+def member(web_id: str) -> WebMember:
+    return WebMember(web_id, f"p-resp-{web_id}", 0, 1000.0, "10.0.0.1:8000", 42)
 
 
 async def test_exactly_one_of_two_racing_clients_wins(moto_endpoint: str) -> None:

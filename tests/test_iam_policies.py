@@ -31,6 +31,7 @@ WEB_ACTIONS = {
     "sqs:GetQueueUrl",
     "sqs:CreateQueue",
     "sqs:DeleteQueue",
+    "sqs:ListQueues",
     "ec2:DescribeInstances",
     "ec2:StartInstances",
     "ec2:StopInstances",
@@ -88,8 +89,8 @@ def check_resources(document: dict[str, Any]) -> None:
         assert "NotAction" not in statement and "NotResource" not in statement
         for resource in as_list(statement["Resource"]):
             if resource == "*":
-                # Only Describe calls, which AWS cannot scope to resources.
-                assert as_list(statement["Action"]) == ["ec2:DescribeInstances"], statement
+                # Only calls AWS cannot scope to resources: Describe, and the web's listing of orphan reply queues.
+                assert as_list(statement["Action"]) in (["ec2:DescribeInstances"], ["sqs:ListQueues"]), statement
             elif resource in CONDITIONED_WILDCARDS:
                 assert statement.get("Condition"), statement
             else:

@@ -40,6 +40,7 @@ def _make_directory(path: Path) -> Path:
 @asynccontextmanager
 async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     from facerec.adapters.local_blob import LocalBlobStore
+    from facerec.adapters.local_coordination import LocalCoordination
     from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
     from facerec.adapters.local_replies import SqliteReplyQueues
 
@@ -75,6 +76,7 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             dead_letters=SqliteQueue(database, settings.dlq, **common),
             gallery=gallery,
             replies=replies,
+            coordination=await LocalCoordination.open(database),
         )
     finally:
         await database.aclose()

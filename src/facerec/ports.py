@@ -241,6 +241,11 @@ class Coordination(Protocol):
         """Give the lease up at once if `holder` holds it (a clean stop hands over without waiting for expiry)."""
         ...
 
+    async def lease(self, name: str) -> Lease | None:
+        """The lease's last record, live or expired (compare `expires_at` with the time), None when it was never
+        taken: who holds the scaler, for banners and `/readyz`. Read-only; added with the adapters (#15)."""
+        ...
+
     async def check(self) -> None:
         """Raise PortError when the coordination store cannot be used."""
         ...

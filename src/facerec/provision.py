@@ -482,7 +482,7 @@ async def _web_processes_status(aws: AwsClients, settings: Settings) -> list[Act
     or by a live one's sweep)."""
     actions: list[Action] = []
     now = time.time()
-    stale_after = float(getattr(settings, "web_stale_s", 5.0))  # TODO(merge leases): settings.web_stale_s
+    stale_after = settings.web_stale_s
     members: list[WebMember] = []
     if await bucket_exists(await aws.s3(), settings.gallery_bucket):
         coordination = S3Coordination(aws, settings.gallery_bucket)

@@ -215,6 +215,25 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Concurrent long-polls of the response queue (each receives up to 10)."
     )
     web_poll_wait_s: float = Field(20.0, ge=0, le=20, description="Long-poll wait of the response/DLQ pollers.")
+    # -- several web processes per deployment (#15) --
+    web_heartbeat_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often a web process writes its membership heartbeat (its in-flight count, for the scaler); "
+        "also at once when its in-flight count becomes 0 or leaves 0.",
+    )
+    web_stale_s: float = Field(
+        5.0,
+        gt=0,
+        description="A web process whose heartbeat is older than this is dead: the others delete its reply queue and "
+        "forget it. Also the TTL of the lease on the fixed response queue.",
+    )
+    lease_ttl_s: float = Field(
+        3.0,
+        gt=0,
+        description="TTL of the `scaler` lease (renewed every third of it): after a kill -9 of the web process that "
+        "runs the scaler, another takes over within about TTL + TTL/3.",
+    )
 
     # --- scaler -----------------------------------------------------------------------------------
     min_workers: int = Field(0, ge=0, description="Workers kept running when idle.")

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from facerec.adapters.memory import MemoryBlobStore, MemoryQueue, MemoryReplyQueues
+from facerec.adapters.memory import MemoryBlobStore, MemoryCoordination, MemoryQueue, MemoryReplyQueues
 from facerec.ports import BlobStore, MessageQueue, ReplyQueues
-from tests.aws import boto3_client, moto_clients, unique_name
-from tests.contract.kits import QueueKit, ReplyKit
+from tests.aws import boto3_client, moto_clients, moto_settings, unique_name
+from tests.contract.kits import CoordinationKit, ManualClock, QueueKit, ReplyKit
 
 
 @pytest.fixture(params=["memory", "local", "s3"])
@@ -90,7 +91,7 @@ async def queue_kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             yield QueueKit("sqs", make_sqs, tick=1.0)
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "sqs"])
 async def reply_queues(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReplyKit]:
     prefix = unique_name("rq")
     if request.param == "memory":
@@ -107,7 +108,7 @@ async def reply_queues(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
             return MemoryQueue(f"{prefix}-resp-queue")
 
         yield ReplyKit("memory", prefix, replies, memory_view, memory_prefix, memory_fixed)
-    else:
+    elif request.param == "local":
         from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
         from facerec.adapters.local_replies import SqliteReplyQueues
 
@@ -130,3 +131,50 @@ async def reply_queues(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         finally:
             for database in databases:
                 await database.aclose()
+    else:
+        async with AsyncExitStack() as stack:
+            yield await _sqs_reply_kit(request.getfixturevalue("moto_endpoint"), prefix, stack)
+
+
+async def _sqs_reply_kit(endpoint: str, prefix: str, stack: AsyncExitStack) -> ReplyKit:
+    """SqsReplyQueues of a deployment whose fixed response queue is made as `facerec aws provision` makes it;
+    every view has its own clients, as another process would."""
+    from facerec.adapters.sqs_queue import SqsQueue
+    from facerec.adapters.sqs_replies import SqsReplyQueues
+
+    async def for_prefix(name: str) -> SqsReplyQueues:
+        settings = moto_settings(endpoint, prefix=name)
+        boto3_client("sqs", endpoint).create_queue(QueueName=settings.resp_queue)
+        aws = await stack.enter_async_context(moto_clients(endpoint))
+        return SqsReplyQueues(aws, settings, await SqsQueue.from_name(aws, settings.resp_queue))
+
+    async def view() -> ReplyQueues:
+        return await for_prefix(prefix)
+
+    async def fixed() -> MessageQueue:
+        aws = await stack.enter_async_context(moto_clients(endpoint))
+        return await SqsQueue.from_name(aws, f"{prefix}-resp-queue")
+
+    return ReplyKit("sqs", prefix, await for_prefix(prefix), view, for_prefix, fixed)
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+async def coordination(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CoordinationKit]:
+    clock = ManualClock()
+    if request.param == "memory":
+        yield CoordinationKit("memory", MemoryCoordination(clock), clock)
+    elif request.param == "local":
+        from facerec.adapters.local_coordination import LocalCoordination
+        from facerec.adapters.local_queue import SqliteDatabase
+
+        database = await SqliteDatabase.open(tmp_path / "queues.sqlite3")
+        yield CoordinationKit("local", await LocalCoordination.open(database, clock), clock)
+        await database.aclose()
+    else:
+        from facerec.adapters.s3_coordination import S3Coordination
+
+        endpoint = request.getfixturevalue("moto_endpoint")
+        bucket = unique_name("gallery")
+        boto3_client("s3", endpoint).create_bucket(Bucket=bucket)
+        async with moto_clients(endpoint) as aws:
+            yield CoordinationKit("s3", S3Coordination(aws, bucket, clock), clock)

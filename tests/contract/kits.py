@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from facerec.ports import MessageQueue, ReplyQueues
+from facerec.ports import Coordination, MessageQueue, ReplyQueues
 
 
 @dataclass(frozen=True)
@@ -32,3 +32,25 @@ class ReplyKit:
     """The reply queues of another deployment (another prefix) on the same backend."""
     make_fixed: Callable[[], Awaitable[MessageQueue]]
     """The deployment's fixed `<prefix>-resp-queue` (`DataTier.responses`), existing, on the same backend."""
+
+
+class ManualClock:
+    """A wall clock tests move by hand: leases expire without sleeping. Starts at a realistic Unix time."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass(frozen=True)
+class CoordinationKit:
+    """One Coordination adapter whose leases expire by `clock` (each adapter takes a `clock=` argument)."""
+
+    backend: str
+    coordination: Coordination
+    clock: ManualClock

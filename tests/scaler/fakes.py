@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from facerec.ports import PortError, WorkerInfo, WorkerState
+from facerec.ports import Coordination, Lease, PortError, WebMember, WorkerInfo, WorkerState
 
 
 class FakeFleet:
@@ -48,3 +48,41 @@ class FakeFleet:
 
     async def close(self) -> None:
         self.workers.clear()
+
+
+class FlakyCoordination:
+    """A Coordination whose lease calls fail (like an unreachable store) while `failing` is set."""
+
+    def __init__(self, inner: Coordination) -> None:
+        self.inner = inner
+        self.failing = False
+
+    def _maybe_fail(self) -> None:
+        if self.failing:
+            raise PortError("injected coordination failure")
+
+    async def heartbeat(self, member: WebMember) -> None:
+        self._maybe_fail()
+        await self.inner.heartbeat(member)
+
+    async def members(self) -> list[WebMember]:
+        self._maybe_fail()
+        return await self.inner.members()
+
+    async def leave(self, web_id: str) -> None:
+        self._maybe_fail()
+        await self.inner.leave(web_id)
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        self._maybe_fail()
+        return await self.inner.acquire(name, holder, ttl_s)
+
+    async def release(self, name: str, holder: str) -> None:
+        self._maybe_fail()
+        await self.inner.release(name, holder)
+
+    async def lease(self, name: str) -> Lease | None:
+        return await self.inner.lease(name)
+
+    async def check(self) -> None:
+        self._maybe_fail()

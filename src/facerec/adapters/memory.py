@@ -10,11 +10,21 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from facerec.adapters.lease_rule import next_lease
 from facerec.messages import MAX_RESPONSE_BYTES
-from facerec.ports import BlobNotFound, InvalidKey, MessageTooLarge, QueueNotFound, QueueStats, ReceivedMessage
+from facerec.ports import (
+    BlobNotFound,
+    InvalidKey,
+    Lease,
+    MessageTooLarge,
+    QueueNotFound,
+    QueueStats,
+    ReceivedMessage,
+    WebMember,
+)
 from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
 
 RECEIVE_MAX = 10
@@ -217,3 +227,40 @@ class MemoryReplyQueues:
 
     async def list(self) -> list[str]:
         return sorted(name for name in self._queues if is_process_reply_queue(self.prefix, name))
+
+
+class MemoryCoordination:
+    """Membership and leases in a dict, for one event loop (unit tests of leadership and of the web tier's
+    deployment); `clock` is the wall clock leases expire by (injectable so tests need not sleep)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._members: dict[str, WebMember] = {}
+        self._leases: dict[str, Lease] = {}
+
+    async def heartbeat(self, member: WebMember) -> None:
+        self._members[member.web_id] = member
+
+    async def members(self) -> list[WebMember]:
+        return [self._members[web_id] for web_id in sorted(self._members)]
+
+    async def leave(self, web_id: str) -> None:
+        self._members.pop(web_id, None)
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        lease = next_lease(self._leases.get(name), name, holder, ttl_s, self._clock())
+        if lease is not None:
+            self._leases[name] = lease
+        return lease
+
+    async def release(self, name: str, holder: str) -> None:
+        current = self._leases.get(name)
+        if current is not None and current.holder == holder:
+            # Kept, expired, rather than removed: the next holder's token must still grow.
+            self._leases[name] = Lease(name, holder, min(current.expires_at, self._clock()), current.token)
+
+    async def lease(self, name: str) -> Lease | None:
+        return self._leases.get(name)
+
+    async def check(self) -> None:
+        return None

@@ -34,6 +34,7 @@ from urllib.parse import quote
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
+from facerec.adapters.lease_rule import next_lease
 from facerec.adapters.s3_blob import aws_errors
 from facerec.ports import Lease, PortError, WebMember
 from facerec.settings import WEB_ID_PATTERN
@@ -184,22 +185,14 @@ class S3Coordination:
         current = await self._read(key)
         now = self._clock()
         etag: str | None = None
-        if current is None:
-            token = 1
-        else:
+        last: Lease | None = None
+        if current is not None:
             data, etag = current
-            held_by, expires_at, last_token = (
-                str(data.get("holder", "")),
-                float(data.get("expires_at", 0)),
-                int(data.get("token", 0)),
-            )
-            if held_by == holder:
-                token = last_token  # a renewal (or retaking one's own expired lease): the same hands
-            elif expires_at <= now:
-                token = last_token + 1
-            else:
-                return None
-        lease = Lease(name=name, holder=holder, expires_at=now + ttl_s, token=token)
+            # An unreadable record counts as expired and its token as 0: it is replaced, never a deadlock.
+            last = _lease(data, key) or Lease(name, "", 0.0, 0)
+        lease = next_lease(last, name, holder, ttl_s, now)
+        if lease is None:
+            return None
         record = {**asdict(lease), "nonce": uuid.uuid4().hex, "written_at": now}
         if not await self._write(key, record, if_match=etag, create=etag is None):
             log.debug("lease_race_lost", extra={"lease": name, "holder": holder})

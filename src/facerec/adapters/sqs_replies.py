@@ -2,9 +2,10 @@
 pattern), created with the fixed response queue's attributes, found by name, and listed by name prefix.
 
 Workers only open these queues and send to them (their role may GetQueueUrl and SendMessage on
-`<prefix>-resp-*`, nothing else): a handle is built from the URL alone, with the fixed response queue's size
-limit, so opening one costs one GetQueueUrl and is cached. A send to a queue deleted since (its web process
-stopped or was reaped) raises QueueNotFound and forgets the handle.
+`<prefix>-resp-<web id>`, nothing else): a handle is built from the URL alone, with the fixed response queue's
+size limit, so opening one costs one GetQueueUrl (every `open` asks SQS: a queue another process deleted is not
+found; the worker keeps the handles it uses). A send to a queue deleted since (its web process stopped or was
+reaped) raises QueueNotFound.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.s3_blob import aws_errors
 from facerec.adapters.sqs_queue import MISSING_QUEUE_CODES, SqsQueue
 from facerec.ports import PortError, QueueNotFound
+from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
 from facerec.settings import Settings
 
 if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
@@ -47,10 +49,6 @@ class SqsReplyQueue(SqsQueue):
     """A reply queue's handle: a send to a queue that is gone raises QueueNotFound (not PortError), so a
     worker acknowledges the request instead of retrying an answer nobody waits for."""
 
-    def __init__(self, owner: SqsReplyQueues, aws: AwsClients, url: str, name: str, max_message_bytes: int) -> None:
-        super().__init__(aws, url, name, max_message_bytes)
-        self._owner = owner
-
     async def send(self, body: str) -> str:
         try:
             return await super().send(body)
@@ -67,7 +65,6 @@ class SqsReplyQueue(SqsQueue):
 
     def _raise_if_gone(self, exc: PortError) -> None:
         if _missing_queue(exc):
-            self._owner.forget(self.name)
             raise QueueNotFound(self.name) from exc
 
 
@@ -80,19 +77,12 @@ class SqsReplyQueues:
         self._settings = settings
         self._responses = responses
         self._attributes: dict[QueueAttributeNameType, str] | None = None
-        self._handles: dict[str, SqsReplyQueue] = {}
 
     def _check_name(self, name: str) -> None:
-        if name == self._settings.resp_queue or not self._settings.is_reply_queue(name):
-            raise ValueError(f"not a per-process reply queue of deployment {self._settings.prefix}: {name!r}")
+        check_reply_queue_name(self._settings.prefix, name)
 
     def _handle(self, name: str, url: str) -> SqsReplyQueue:
-        handle = SqsReplyQueue(self, self._aws, url, name, self._responses.max_message_bytes)
-        self._handles[name] = handle
-        return handle
-
-    def forget(self, name: str) -> None:
-        self._handles.pop(name, None)
+        return SqsReplyQueue(self._aws, url, name, self._responses.max_message_bytes)
 
     async def _response_attributes(self) -> dict[QueueAttributeNameType, str]:
         if self._attributes is None:
@@ -116,11 +106,8 @@ class SqsReplyQueues:
         return self._handle(name, url)
 
     async def open(self, name: str) -> SqsReplyQueue:
-        if name == self._settings.resp_queue or not self._settings.is_reply_queue(name):
+        if not is_process_reply_queue(self._settings.prefix, name):
             raise QueueNotFound(name)  # never a handle on another queue a message merely names
-        cached = self._handles.get(name)
-        if cached is not None:
-            return cached
         try:
             with aws_errors(f"sqs queue {name}"):
                 sqs = await self._aws.sqs()
@@ -133,11 +120,10 @@ class SqsReplyQueues:
 
     async def delete(self, name: str) -> None:
         self._check_name(name)
-        handle = self._handles.pop(name, None)
         try:
             with aws_errors(f"sqs delete queue {name}"):
                 sqs = await self._aws.sqs()
-                url = handle.url if handle is not None else (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+                url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
                 await sqs.delete_queue(QueueUrl=url)
         except PortError as exc:
             if _missing_queue(exc):
@@ -161,7 +147,7 @@ async def reply_queue_urls(aws: AwsClients, settings: Settings) -> dict[str, str
             reply = await sqs.list_queues(**request)  # type: ignore[arg-type]
             for url in reply.get("QueueUrls", []):
                 name = url.rstrip("/").rsplit("/", 1)[-1]
-                if name != settings.resp_queue and settings.is_reply_queue(name):
+                if is_process_reply_queue(settings.prefix, name):
                     found[name] = url
             token = reply.get("NextToken")
             if not token:

@@ -14,14 +14,21 @@ from fastapi import FastAPI
 
 from facerec.logs import error_text
 from facerec.ports import DataTier, Fleet, PortError, WorkerInfo, WorkerState
+from facerec.scaler.leadership import Leadership
 from facerec.scaler.loop import Scaler
 from facerec.scaler.policy import ScalingConfig
 from facerec.settings import Settings
 from facerec.web.api import WorkersOut
+from facerec.web.deployment import SCALER_LEASE, Deployment
 
 log = logging.getLogger(__name__)
 
 STATES_TTL_S = 0.5
+
+
+class NotLeading(LookupError):
+    """This web process does not hold the `scaler` lease (another one runs the fleet)."""
+
 
 FleetOpener = Callable[[Settings], AbstractAsyncContextManager[Fleet]]
 
@@ -57,6 +64,10 @@ class ScalerService:
         self.fleet: Fleet | None = None
         self.left_running: list[WorkerInfo] = []
         """After a stop: the workers still running (a failed stop, or `stop_workers_on_exit` off)."""
+        self.scaler: Scaler | None = None
+        self.leadership: Leadership | None = None
+        """In a deployment of several web processes: who runs the scaler (None for a lone process)."""
+        self._stopping = False
         self._states: tuple[float, WorkersOut] | None = None
         self._states_read: asyncio.Future[WorkersOut] | None = None
 
@@ -64,6 +75,8 @@ class ScalerService:
         """Workers by state, for /v1/workers, the page and `timings.cold_start` (none before the fleet is
         open). Read at most every STATES_TTL_S and shared by concurrent callers: every recognition asks, and
         on AWS a fleet read is a DescribeInstances call."""
+        if self.leadership is not None and not self.leadership.leading:
+            raise NotLeading("this web process does not run the scaler: the workers' state is the leader's")
         cached = self._states
         if cached is not None and time.monotonic() - cached[0] < STATES_TTL_S:
             return cached[1]
@@ -86,34 +99,83 @@ class ScalerService:
         return sum(1 for w in workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING))
 
     @asynccontextmanager
-    async def companion(self, app: FastAPI, data: DataTier) -> AsyncIterator[Scaler]:
+    async def companion(self, app: FastAPI, data: DataTier) -> AsyncIterator[None]:
+        """A lone web process (no `app.state.deployment`: tests' data tiers) runs the scaler for its whole life,
+        as it always has. In a deployment, the scaler runs only while this process holds the `scaler` lease."""
+        pending = app.state.pending
+        # One listener for every term: a request wakes whichever scaler runs now.
+        pending.add_listener(lambda: self.scaler.notify() if self.scaler is not None else None)
+        deployment: Deployment | None = getattr(app.state, "deployment", None)
+        if deployment is None:
+            async with self._term(app, data, lambda: pending.in_flight, stop_workers=lambda: True):
+                yield
+            return
+
+        def demand() -> int:
+            # Exact for this process; the others' as of their last heartbeat (immediate on 0 <-> non-0).
+            return int(pending.in_flight + deployment.others_in_flight())
+
+        @asynccontextmanager
+        async def term() -> AsyncIterator[None]:
+            deployment.fresh_members = True
+            try:
+                # Only the clean stop of the last live web process stops the workers: a demoted leader, or one
+                # stopping while others run, leaves them to the next leader, who adopts them (EC2: they are state
+                # in EC2); local workers are this process's children and end when its fleet closes either way.
+                async with self._term(
+                    app, data, demand, stop_workers=lambda: self._stopping and len(deployment.live_members) <= 1
+                ):
+                    yield
+            finally:
+                deployment.fresh_members = False
+
+        self.leadership = Leadership(
+            deployment.coordination, deployment.web_id, self.settings.lease_ttl_s, term, name=SCALER_LEASE
+        )
+        app.state.leadership = self.leadership
+        task = asyncio.create_task(self.leadership.run(), name="facerec-scaler-leadership")
+        try:
+            yield
+        finally:
+            self._stopping = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @asynccontextmanager
+    async def _term(
+        self, app: FastAPI, data: DataTier, in_flight: Callable[[], int], stop_workers: Callable[[], bool]
+    ) -> AsyncIterator[None]:
+        """Open the fleet and run the scaler on it; on exit stop the scaler, the workers when `stop_workers()`
+        says so, then close the fleet."""
         pending = app.state.pending
         async with self._open_fleet(self.settings) as fleet:
             scaler = Scaler(
                 fleet,
                 scaling_config(self.settings),
-                lambda: pending.in_flight,
+                in_flight,
                 request_queue=data.requests,
                 last_active=lambda: pending.last_answer_by_worker,
                 scale_in_grace_s=self.settings.scale_in_grace_s,
                 interval_s=self.settings.scaler_interval_s,
             )
-            pending.add_listener(scaler.notify)
             metrics = getattr(app.state, "metrics", None)
             listeners = getattr(fleet, "timing_listeners", None)
             if metrics is not None and isinstance(listeners, list):
                 listeners.append(metrics.observe_worker)  # worker start/stop histograms in /metrics
-            self.fleet = fleet
+            self.fleet, self.scaler = fleet, scaler
             task = asyncio.create_task(scaler.run(), name="facerec-scaler")
             log.info("scaler_started", extra={"max_workers": scaler.config.max_workers})
             try:
-                yield scaler
+                yield
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                self.fleet = None
-                self.left_running = await self._stop_all(fleet)
+                self.fleet = self.scaler = None
+                self._states = None
+                if stop_workers():
+                    self.left_running = await self._stop_all(fleet)
                 log.info("scaler_stopped")
 
     async def _stop_all(self, fleet: Fleet) -> list[WorkerInfo]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -17,9 +19,13 @@ from facerec.people import InvalidPersonName, normalise_name
 from facerec.ports import DataTier
 from facerec.web.access_log import request_id
 from facerec.web.auth import authorize
+from facerec.web.deployment import SCALER_LEASE, Deployment
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import Answer, RecognitionGateway
 from facerec.web.uploads import PERSON_FIELD, UPLOAD_FIELD, multipart_body, read_upload, read_verification
+
+if TYPE_CHECKING:
+    from facerec.scaler.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -415,8 +421,35 @@ async def readyz(request: Request) -> JSONResponse:
                 extra={"check": name, "error": str(result)[:300] or type(result).__name__},
             )
     status["response_poller"] = "ok" if request.app.state.poller.running else "stopped"
+    deployment: Deployment | None = request.app.state.deployment
+    if deployment is not None and deployment.reply_lease_lost:
+        status["reply_channel"] = "lost: another web process reads the fixed response queue"
     ready = all(value == "ok" for value in status.values()) and _gateway(request).accepting
-    return JSONResponse({"ready": ready, "checks": status}, status_code=200 if ready else 503)
+    body = {"ready": ready, "checks": status, **await _deployment_status(request, deployment)}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _deployment_status(request: Request, deployment: Deployment | None) -> dict[str, object]:
+    """Where this process's answers arrive and who runs the scaler: `scaler_lease` is null for a lone web process
+    (it runs its scaler without a lease)."""
+    if deployment is None or deployment.channel is None:
+        data: DataTier = request.app.state.data
+        return {"reply_channel": {"queue": data.responses.name, "own": False}, "scaler_lease": None}
+    leadership: Leadership | None = request.app.state.leadership
+    holder: str | None = None
+    if leadership is not None and leadership.leading:
+        holder = deployment.web_id
+    else:
+        with contextlib.suppress(Exception):  # status only: an unreadable lease reports no holder
+            lease = await asyncio.wait_for(deployment.coordination.lease(SCALER_LEASE), CHECK_TIMEOUT_S)
+            if lease is not None and lease.expires_at > time.time():
+                holder = lease.holder
+    return {
+        "web_id": deployment.web_id,
+        "members": len(deployment.live_members),
+        "reply_channel": {"queue": deployment.channel.queue.name, "own": deployment.channel.own},
+        "scaler_lease": {"held": holder == deployment.web_id, "holder": holder},
+    }
 
 
 def _check_status(result: object) -> str:

@@ -14,6 +14,7 @@ from facerec.web.access_log import AccessLog
 from facerec.web.admission import ByteBudget, InflightBytes
 from facerec.web.api import WorkersOut, WorkerStates, router
 from facerec.web.auth import FailedAttempts
+from facerec.web.deployment import Deployment
 from facerec.web.docs import install_docs
 from facerec.web.errors import install_error_handlers
 from facerec.web.gateway import RecognitionGateway
@@ -45,6 +46,27 @@ def fleet_worker_count(fleet: Fleet) -> Callable[[], Awaitable[int]]:
         return sum(1 for w in await fleet.list() if w.state in (WorkerState.PENDING, WorkerState.RUNNING))
 
     return count
+
+
+async def _join_deployment(
+    settings: Settings, data: DataTier, pending: PendingRequests, stack: AsyncExitStack
+) -> Deployment | None:
+    """Join the deployment's other web processes when the data tier can coordinate them: choose the reply
+    channel (the fixed queue, or one of this process's own), heartbeat, reap the dead. Left after the drain
+    (the exit stack unwinds it after the poller and the companions stop)."""
+    if data.coordination is None or data.replies is None:
+        return None
+    deployment = Deployment(
+        settings,
+        data.coordination,
+        data.replies,
+        data.responses,
+        lambda: pending.in_flight,
+        address=f"{settings.host}:{settings.port}",
+    )
+    await deployment.join()
+    stack.push_async_callback(deployment.leave)
+    return deployment
 
 
 def _fleet_states(fleet: Fleet | None) -> WorkerStates | None:
@@ -88,8 +110,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(open_data(settings))
+            deployment = await _join_deployment(settings, data, pending, stack)
+            app.state.deployment = deployment
+            # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always.
+            responses = deployment.channel.queue if deployment is not None and deployment.channel else data.responses
             poller = ResponsePoller(
-                data.responses,
+                responses,
                 data.dead_letters,
                 pending,
                 pollers=settings.web_response_pollers,
@@ -122,6 +148,10 @@ def create_app(
     install_docs(app)
     app.state.settings = settings
     app.state.pending = pending
+    app.state.deployment = None
+    """The open Deployment (membership, reply channel) while the app runs in one; None for a lone process."""
+    app.state.leadership = None
+    """Set by the scaler companion in a deployment: whether this process holds the `scaler` lease."""
     app.state.metrics = metrics
     app.state.failed_key_attempts = FailedAttempts(settings.auth_failures_per_minute)
     app.state.worker_states = worker_states if worker_states is not None else _fleet_states(fleet)

@@ -3,8 +3,10 @@
 `rehearse()` runs the commands a reader runs (`facerec aws provision --create-roles --pool 3`, `aws status`,
 `enroll --store`, `serve --backend aws`), starts two `facerec worker` processes with exactly the environment the
 pool's user data and systemd unit give an instance, sends 50 recognitions plus an enrollment and a delete
-through the API, stops serve with Ctrl-C and tears everything down. The web tier and the workers log every
-AWS call (`FACEREC_AWS_CALL_LOG`) for the IAM tests, which check them against the shipped policies.
+through the API, then starts a second web process of the same deployment (`serve` on another port, as a second
+host behind a load balancer would) and spreads recognitions over both, stops the second and then the first with
+Ctrl-C and tears everything down. The web tier and the workers log every AWS call (`FACEREC_AWS_CALL_LOG`) for
+the IAM tests, which check them against the shipped policies.
 
 Only these differ from a real deployment: the endpoint (moto), the dummy credentials, the colour model
 standing in for the face model (`tests.colour_model`), and the web tier's long-poll wait and scale-in grace
@@ -23,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +48,8 @@ PEOPLE = {"Ada": (200, 40, 40), "Bob": (40, 40, 200), "Carol": (40, 200, 40)}
 NEWCOMER = ("Dave", (200, 200, 40))
 TORCH_INDEX = "https://torch-index.invalid/whl/cpu"
 REQUESTS = 50
+SPREAD_REQUESTS = 20
+"""Per web process, once there are two."""
 WORKERS = 2
 POOL = 3
 
@@ -70,6 +75,19 @@ class Rehearsal:
     instance_tags: dict[str, dict[str, str]] = field(default_factory=dict)
     calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Role (web, worker) -> the AWS calls its processes made."""
+    one_process_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The web tier's AWS calls while it was the deployment's only web process."""
+    queues_alone: list[str] = field(default_factory=list)
+    """The deployment's queues while one web process served."""
+    spread_answers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    """Web process (first, second) -> (answer, expected) of the requests it received while both served."""
+    second_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The second web process's AWS calls."""
+    second_returncode: int | None = None
+    second_log: str = ""
+    queues_after_second_stopped: list[str] = field(default_factory=list)
+    most_running: int = 0
+    """The most app-tier instances pending or running at any sample during the run."""
     leftovers: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -237,8 +255,14 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     try:
         wait_for_http(f"{url}/readyz", timeout_s=30, process=serve, log=serve_log)
         _mark("serving", started)
-        asyncio.run(_traffic(rehearsal, url, workdir / "gate"))
-        _mark("answered", started)
+        with PoolWatch(ec2, prefix) as watch:
+            asyncio.run(_traffic(rehearsal, url, workdir / "gate"))
+            _mark("answered", started)
+            rehearsal.one_process_calls = read_calls(logs / "web-calls.jsonl")
+            rehearsal.queues_alone = queue_names(endpoint, prefix)
+            _second_web_process(rehearsal, base_env, serve_args, url, logs)
+            _mark("two web processes answered", started)
+        rehearsal.most_running = watch.most
         rehearsal.running_before_stop = running_instances(ec2, prefix)
         serve.send_signal(signal.SIGINT)
         rehearsal.serve_returncode = serve.wait(timeout=30)
@@ -256,7 +280,10 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
                 process.wait(5)
         rehearsal.serve_log = serve_log.read_text(errors="replace")
     _mark("stopped", started)
-    rehearsal.calls = {"web": read_calls(logs / "web-calls.jsonl"), "worker": read_calls(logs / "worker-calls.jsonl")}
+    rehearsal.calls = {
+        "web": read_calls(logs / "web-calls.jsonl") + rehearsal.second_calls,
+        "worker": read_calls(logs / "worker-calls.jsonl"),
+    }
     reply = ec2.describe_instances(Filters=[{"Name": "tag:facerec:prefix", "Values": [prefix]}])
     rehearsal.instance_tags = {
         i["InstanceId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
@@ -269,6 +296,88 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     rehearsal.leftovers = leftovers(endpoint, prefix)
     _mark("torn down", started)
     return rehearsal
+
+
+def queue_names(endpoint: str, prefix: str) -> list[str]:
+    urls = boto3_client("sqs", endpoint).list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])
+    return sorted(url.rsplit("/", 1)[-1] for url in urls)
+
+
+class PoolWatch:
+    """Samples the app tier's pending and running instances in a thread until closed: the most it saw."""
+
+    def __init__(self, ec2: Any, prefix: str) -> None:
+        self._ec2, self._prefix = ec2, prefix
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.most = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.most = max(self.most, running_instances(self._ec2, self._prefix))
+
+    def __enter__(self) -> PoolWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _second_web_process(
+    rehearsal: Rehearsal, base_env: dict[str, str], serve_args: list[str], first_url: str, logs: Path
+) -> None:
+    """A second `facerec serve` of the same deployment on another port: requests spread over both, each
+    answered by the process that received it; then a clean stop (Ctrl-C) of the second."""
+    port = free_port()
+    args = [*serve_args[: serve_args.index("--port")], "--port", str(port)]
+    second_log = logs / "serve-2.log"
+    with second_log.open("wb") as sink:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "facerec", *args],
+            env={
+                **base_env,
+                "FACEREC_AWS_CALL_LOG": str(logs / "web-2-calls.jsonl"),
+                "FACEREC_WEB_POLL_WAIT_S": "1",
+                "FACEREC_SCALE_IN_GRACE_S": "600",
+            },
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    try:
+        second_url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{second_url}/readyz", timeout_s=30, process=second, log=second_log)
+        rehearsal.spread_answers = asyncio.run(_spread({"first": first_url, "second": second_url}))
+        second.send_signal(signal.SIGINT)
+        rehearsal.second_returncode = second.wait(timeout=30)
+        rehearsal.commands.append((args, rehearsal.second_returncode, ""))
+        rehearsal.queues_after_second_stopped = queue_names(rehearsal.endpoint, rehearsal.prefix)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(5)
+        rehearsal.second_log = second_log.read_text(errors="replace")
+        rehearsal.second_calls = read_calls(logs / "web-2-calls.jsonl")
+
+
+async def _spread(urls: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    names = list(PEOPLE)
+
+    async def one(client: httpx.AsyncClient, tag: str, index: int) -> tuple[str, str]:
+        person = names[index % len(names)]
+        filename = f"{tag}{index}"
+        answer = await client.post("/", files={"inputFile": (f"{filename}.jpg", photo(PEOPLE[person]))})
+        return answer.text, f"{filename}:{person}"
+
+    async def process(tag: str, url: str) -> list[tuple[str, str]]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return list(await asyncio.gather(*(one(client, tag, i) for i in range(SPREAD_REQUESTS))))
+
+    tags = list(urls)
+    results = await asyncio.gather(*(process(tag, urls[tag]) for tag in tags))
+    return dict(zip(tags, results, strict=True))
 
 
 def _worker(number: int, base_env: dict[str, str], instance_env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

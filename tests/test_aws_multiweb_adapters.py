@@ -135,3 +135,12 @@ async def test_the_aws_data_tier_has_replies_and_coordination(moto_endpoint: str
         queue = await data.replies.create(settings.reply_queue(WEB_A))
         assert queue.max_message_bytes == data.responses.max_message_bytes
         await data.replies.delete(queue.name)
+
+
+def test_aws_leases_and_heartbeats_allow_for_s3_round_trips() -> None:
+    """S3 between machines: a longer scaler lease and stale threshold on AWS, unless set (tests set them)."""
+    aws, local = Settings(backend="aws"), Settings(backend="local")
+    assert (aws.lease_ttl_s, aws.web_stale_s) == (10.0, 15.0)
+    assert (local.lease_ttl_s, local.web_stale_s) == (3.0, 5.0)
+    assert Settings(backend="aws", lease_ttl_s=2, web_stale_s=4).lease_ttl_s == 2
+    assert aws.web_heartbeat_s < aws.lease_ttl_s / 3 < aws.web_stale_s

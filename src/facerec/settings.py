@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEB_ID_PATTERN = "[0-9a-f]{12}"
 """A web process's id (random per start): names its reply queue `<prefix>-resp-<web id>`."""
+AWS_LEASE_TTL_S = 10.0
+AWS_WEB_STALE_S = 15.0
 
 
 class Settings(BaseSettings):
@@ -280,6 +282,19 @@ class Settings(BaseSettings):
             hosts = [host.strip() for host in value.split(",") if host.strip()]
             return hosts or None
         return value
+
+    @model_validator(mode="after")
+    def _aws_coordination_defaults(self) -> Settings:
+        """On AWS, leases and heartbeats are S3 round trips (a read and a conditional write) between machines:
+        unless set, the scaler lease lives 10 s (renewed every 3.3 s, so a renewal has over 3 s to land, not 1)
+        and a web process is dead after 15 s of silence. Takeover after a kill -9 is then about 13 s: less than an
+        EC2 cold start. docs/reliability.md#several-web-processes-on-aws."""
+        if self.backend == "aws":
+            if "lease_ttl_s" not in self.model_fields_set:
+                self.lease_ttl_s = AWS_LEASE_TTL_S
+            if "web_stale_s" not in self.model_fields_set:
+                self.web_stale_s = AWS_WEB_STALE_S
+        return self
 
     @model_validator(mode="after")
     def _default_max_workers(self) -> Settings:

@@ -28,7 +28,11 @@ NOT_EXERCISED = {
     ("worker", "TakeRequests", "sqs:ChangeMessageVisibility"): "a batch held past half the visibility timeout, "
     "or released on a stop",
     ("web", "StoreInputs", "s3:DeleteObject"): "an input stored for a request the queue then refused",
+    ("web", "AnswerDeadLettersOfOtherWebProcesses", "sqs:SendMessage"): "a dead letter of one web process "
+    "received by another, answered on the owner's queue (tests/web/test_reply_routing.py, on the memory tier)",
 }
+NOT_EXERCISED_STATEMENTS = {sid for (_, sid, action) in NOT_EXERCISED if sid == "AnswerDeadLettersOfOtherWebProcesses"}
+"""Statements whose every action is in NOT_EXERCISED: no call of the rehearsal can need them."""
 
 
 def pool_statements(role: str) -> list[str]:
@@ -61,7 +65,10 @@ def test_every_call_is_allowed(role: str, aws_rehearsal: Rehearsal) -> None:
     assert not denied, f"the {role} policy refuses calls the {role} makes: {denied}"
 
 
-@pytest.mark.parametrize(("role", "sid"), [(role, sid) for role in ROLES for sid in pool_statements(role)])
+@pytest.mark.parametrize(
+    ("role", "sid"),
+    [(role, sid) for role in ROLES for sid in pool_statements(role) if sid not in NOT_EXERCISED_STATEMENTS],
+)
 def test_each_statement_is_needed(role: str, sid: str, aws_rehearsal: Rehearsal) -> None:
     without = [s for s in policy(role, aws_rehearsal) if s["Sid"] != sid]
     denied = [r for r in requests(role, aws_rehearsal) if not allows(without, r)]

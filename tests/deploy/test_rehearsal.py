@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 def test_every_command_succeeded(aws_rehearsal: Rehearsal) -> None:
     run = [args[0] if args[0] != "aws" else f"aws {args[1]}" for args, _, _ in aws_rehearsal.commands]
-    assert run == ["aws provision", "aws status", "enroll", "serve", "aws teardown"]
+    # The second `serve` is a second web process of the deployment (tests/deploy/test_web_processes_rehearsal.py).
+    assert run == ["aws provision", "aws status", "enroll", "serve", "serve", "aws teardown"]
     assert all(code == 0 for _, code, _ in aws_rehearsal.commands), aws_rehearsal.commands
     provision_output = aws_rehearsal.commands[0][2]
     assert provision_output.count("created    instance") == POOL, provision_output

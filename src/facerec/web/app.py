@@ -113,7 +113,9 @@ def create_app(
             deployment = await _join_deployment(settings, data, pending, stack)
             app.state.deployment = deployment
             # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always.
-            responses = deployment.channel.queue if deployment is not None and deployment.channel else data.responses
+            channel = deployment.channel if deployment is not None else None
+            responses = channel.queue if channel is not None else data.responses
+            reply_to = channel.reply_to if channel is not None else None
             poller = ResponsePoller(
                 responses,
                 data.dead_letters,
@@ -121,10 +123,14 @@ def create_app(
                 pollers=settings.web_response_pollers,
                 wait_s=settings.web_poll_wait_s,
                 on_response=metrics.observe_response,
+                # Its own queue named: dead letters of other processes are answered on theirs, not dropped.
+                own_reply_queue=reply_to,
+                replies=data.replies,
+                fixed_responses=data.responses,
             )
             poller.start()
             stack.push_async_callback(poller.stop)
-            gateway = RecognitionGateway(data, pending, settings)
+            gateway = RecognitionGateway(data, pending, settings, reply_to=reply_to)
             app.state.data, app.state.poller, app.state.gateway = data, poller, gateway
             for companion in companions:
                 await stack.enter_async_context(companion(app, data))

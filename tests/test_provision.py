@@ -92,24 +92,64 @@ def test_provision_brings_queue_attributes_to_the_settings(endpoint: str) -> Non
 
 
 def test_status_and_teardown(endpoint: str) -> None:
-    cli(endpoint, "provision", "--pool", "2", "--ami", image_id(endpoint))
+    provisioned = cli(endpoint, "provision", "--pool", "2", "--ami", image_id(endpoint))
+    # The web processes make their own reply queues: provision makes none.
+    assert "-resp-queue" in provisioned and not re.search(rf"{PREFIX}-resp-[0-9a-f]{{12}}", provisioned)
     client("s3", endpoint).put_object(Bucket=f"{PREFIX}-in-bucket", Key="test_00.jpg", Body=b"x")
+    live, dead = web_processes(endpoint)
     status = cli(endpoint, "status")
     assert f"{PREFIX}-in-bucket  (1 objects, objects expire after 30 days)" in status
-    assert f"{PREFIX}-gallery-bucket  (0 objects)" in status  # the gallery is kept
+    assert f"{PREFIX}-gallery-bucket  (3 objects)" in status  # the gallery is kept (here: the web processes' state)
     assert "app-tier-instance-2" in status
+    # Each web process from its heartbeat, the leases, each reply queue with its age and owner.
+    assert re.search(rf"live +web +{live} +\(10.0.0.7:8000, pid 99, 2 in flight, reads {PREFIX}-resp-{live}", status)
+    assert re.search(rf"stale +web +{dead} ", status)
+    assert re.search(rf"held +lease +scaler +\(by web {live}, token 4, expires in", status)
+    assert re.search(rf"{PREFIX}-resp-{live} +\(reply queue of live web {live}, created [0-9.]+ s ago", status)
+    assert re.search(rf"{PREFIX}-resp-{dead} +\(orphan: no live web process reads it", status)
+    assert f"{live}-not-ours" not in status
 
     refused = CliRunner().invoke(main, ["aws", "teardown", "--prefix", PREFIX, "--endpoint-url", endpoint])
     assert refused.exit_code == 1 and "--yes" in refused.output
     assert len(app_tier(endpoint)) == 2
 
     removed = cli(endpoint, "teardown", "--yes")
-    assert removed.count("deleted") == 6 and removed.count("terminated") == 2
+    for web_id in (live, dead):
+        assert re.search(rf"deleted +queue +{PREFIX}-resp-{web_id} ", removed)
+    assert re.search(rf"deleted +state +s3://{PREFIX}-gallery-bucket/_deployment/ +\(3 objects", removed)
+    assert removed.count("deleted") == 6 + 3 and removed.count("terminated") == 2
     assert removed.count("absent") == 4  # no roles or profiles: provision ran without --create-roles
     assert {state for _, state in app_tier(endpoint).values()} <= {"shutting-down"}
     assert not [b for b in client("s3", endpoint).list_buckets()["Buckets"] if b["Name"].startswith(PREFIX)]
+    left = [url.rsplit("/", 1)[-1] for url in client("sqs", endpoint).list_queues(QueueNamePrefix=PREFIX)["QueueUrls"]]
+    assert left == [f"{PREFIX}-resp-{live}-not-ours"]  # another deployment's (prefix `<PREFIX>-resp-<live>-not`)
     again = cli(endpoint, "teardown", "--yes")
     assert again.count("absent") == 6 + 4 and "deleted" not in again
+
+
+def web_processes(endpoint: str) -> tuple[str, str]:
+    """Two web processes' reply queues and heartbeats (one live, one silent for an hour) and a scaler lease, as
+    `facerec serve` writes them; and a queue of another deployment that shares the name prefix."""
+    sqs, s3 = client("sqs", endpoint), client("s3", endpoint)
+    live, dead = "0123456789ab", "ba9876543210"
+    for web_id in (live, dead):
+        sqs.create_queue(QueueName=f"{PREFIX}-resp-{web_id}")
+    sqs.create_queue(QueueName=f"{PREFIX}-resp-{live}-not-ours")
+    now = time.time()
+    bucket = f"{PREFIX}-gallery-bucket"
+    for web_id, heartbeat_at in ((live, now), (dead, now - 3600)):
+        member = {
+            "web_id": web_id,
+            "reply_queue": f"{PREFIX}-resp-{web_id}",
+            "in_flight": 2,
+            "heartbeat_at": heartbeat_at,
+            "address": "10.0.0.7:8000",
+            "pid": 99,
+        }
+        s3.put_object(Bucket=bucket, Key=f"_deployment/members/{web_id}.json", Body=json.dumps(member))
+    lease = {"name": "scaler", "holder": live, "expires_at": now + 60, "token": 4, "nonce": "n", "written_at": now}
+    s3.put_object(Bucket=bucket, Key="_deployment/leases/scaler.json", Body=json.dumps(lease))
+    return live, dead
 
 
 def test_pool_needs_an_ami(endpoint: str) -> None:
@@ -144,44 +184,3 @@ def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:
     assert render_template("${prefix}-x ${aws:username} $HOME", {"prefix": "p"}) == "p-x ${aws:username} $HOME"
     with pytest.raises(KeyError):
         render_template("${unknown}", {})
-
-
-def test_status_and_teardown_cover_the_web_processes(endpoint: str) -> None:
-    """Provision makes no per-process queue (the web processes make their own); status shows each with its age
-    and owner, the members and leases; teardown deletes them and the `_deployment/` objects."""
-    provisioned = cli(endpoint, "provision")
-    assert "-resp-queue" in provisioned and not re.search(rf"{PREFIX}-resp-[0-9a-f]{{12}}", provisioned)
-    sqs, s3 = client("sqs", endpoint), client("s3", endpoint)
-    live, dead = "0123456789ab", "ba9876543210"
-    for web_id in (live, dead):
-        sqs.create_queue(QueueName=f"{PREFIX}-resp-{web_id}")
-    sqs.create_queue(QueueName=f"{PREFIX}-resp-{live}-not-ours")
-    now = time.time()
-    for web_id, heartbeat_at in ((live, now), (dead, now - 3600)):
-        member = {
-            "web_id": web_id,
-            "reply_queue": f"{PREFIX}-resp-{web_id}",
-            "in_flight": 2,
-            "heartbeat_at": heartbeat_at,
-            "address": "10.0.0.7:8000",
-            "pid": 99,
-        }
-        key = f"_deployment/members/{web_id}.json"
-        s3.put_object(Bucket=f"{PREFIX}-gallery-bucket", Key=key, Body=json.dumps(member))
-    lease = {"name": "scaler", "holder": live, "expires_at": now + 60, "token": 4, "nonce": "n", "written_at": now}
-    s3.put_object(Bucket=f"{PREFIX}-gallery-bucket", Key="_deployment/leases/scaler.json", Body=json.dumps(lease))
-
-    status = cli(endpoint, "status")
-    assert re.search(rf"live +web +{live} +\(10.0.0.7:8000, pid 99, 2 in flight, reads {PREFIX}-resp-{live}", status)
-    assert re.search(rf"stale +web +{dead} ", status)
-    assert re.search(rf"held +lease +scaler +\(by web {live}, token 4, expires in", status)
-    assert re.search(rf"{PREFIX}-resp-{live} +\(reply queue of live web {live}, created [0-9.]+ s ago", status)
-    assert re.search(rf"{PREFIX}-resp-{dead} +\(orphan: no live web process reads it", status)
-    assert f"{live}-not-ours" not in status
-
-    removed = cli(endpoint, "teardown", "--yes")
-    for web_id in (live, dead):
-        assert re.search(rf"deleted +queue +{PREFIX}-resp-{web_id} ", removed)
-    assert re.search(rf"deleted +state +s3://{PREFIX}-gallery-bucket/_deployment/ +\(3 objects", removed)
-    left = [url.rsplit("/", 1)[-1] for url in sqs.list_queues(QueueNamePrefix=PREFIX).get("QueueUrls", [])]
-    assert left == [f"{PREFIX}-resp-{live}-not-ours"]

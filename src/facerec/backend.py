@@ -42,6 +42,7 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
     from facerec.adapters.local_blob import LocalBlobStore
     from facerec.adapters.local_coordination import LocalCoordination
     from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
+    from facerec.adapters.local_replies import SqliteReplyQueues
 
     data_dir = _make_directory(settings.data_dir)
 
@@ -60,21 +61,22 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
         requests = SqliteQueue(
             database, settings.req_queue, max_receives=settings.max_receives, dead_letter=settings.dlq, **common
         )
+        # Responses may list every face with its candidates: larger than the course's request limit.
+        response_limits: _QueueLimits = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "max_message_bytes": max(MAX_RESPONSE_BYTES, settings.message_max_bytes),
+        }
+        replies = await SqliteReplyQueues.attach(database, settings.prefix, **response_limits)
         log.info("data_tier_opened", extra={"backend": "local", "data_dir": str(data_dir)})
         yield DataTier(
             inputs=inputs,
             outputs=outputs,
             requests=requests,
-            # Responses may list every face with its candidates: larger than the course's request limit.
-            responses=SqliteQueue(
-                database,
-                settings.resp_queue,
-                visibility_timeout=settings.visibility_timeout_s,
-                max_message_bytes=max(MAX_RESPONSE_BYTES, settings.message_max_bytes),
-            ),
+            responses=SqliteQueue(database, settings.resp_queue, **response_limits),
             dead_letters=SqliteQueue(database, settings.dlq, **common),
             gallery=gallery,
             coordination=await LocalCoordination.open(database),
+            replies=replies,
         )
     finally:
         await database.aclose()

@@ -1,5 +1,5 @@
-"""Contract fixtures: every BlobStore and MessageQueue adapter behind one factory, so one test body runs
-against the in-memory reference, the local (directory / SQLite) adapters and the AWS adapters on moto."""
+"""Contract fixtures: every BlobStore, MessageQueue and ReplyQueues adapter behind one factory, so one test body
+runs against the in-memory reference, the local (directory / SQLite) adapters and the AWS adapters on moto."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from facerec.adapters.memory import MemoryBlobStore, MemoryCoordination, MemoryQueue
-from facerec.ports import BlobStore, MessageQueue
+from facerec.adapters.memory import MemoryBlobStore, MemoryCoordination, MemoryQueue, MemoryReplyQueues
+from facerec.ports import BlobStore, MessageQueue, ReplyQueues
 from tests.aws import boto3_client, moto_clients, unique_name
-from tests.contract.kits import CoordinationKit, ManualClock, QueueKit
+from tests.contract.kits import CoordinationKit, ManualClock, QueueKit, ReplyKit
 
 
 @pytest.fixture(params=["memory", "local", "s3"])
@@ -102,3 +102,45 @@ async def coordination(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         database = await SqliteDatabase.open(tmp_path / "queues.sqlite3")
         yield CoordinationKit("local", await LocalCoordination.open(database, clock), clock)
         await database.aclose()
+
+
+@pytest.fixture(params=["memory", "local"])
+async def reply_queues(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReplyKit]:
+    prefix = unique_name("rq")
+    if request.param == "memory":
+        replies = MemoryReplyQueues(prefix)
+
+        async def memory_view() -> ReplyQueues:
+            return replies.view()
+
+        async def memory_prefix(other: str) -> ReplyQueues:
+            # The same store under another prefix: what `list` must not mix up.
+            return replies.view(other)
+
+        async def memory_fixed() -> MessageQueue:
+            return MemoryQueue(f"{prefix}-resp-queue")
+
+        yield ReplyKit("memory", prefix, replies, memory_view, memory_prefix, memory_fixed)
+    else:
+        from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
+        from facerec.adapters.local_replies import SqliteReplyQueues
+
+        path = tmp_path / "queues.sqlite3"
+        databases = [await SqliteDatabase.open(path)]
+
+        async def local_view() -> ReplyQueues:
+            databases.append(await SqliteDatabase.open(path))  # another process's connection and watcher
+            return await SqliteReplyQueues.attach(databases[-1], prefix)
+
+        async def local_prefix(other: str) -> ReplyQueues:
+            return await SqliteReplyQueues.attach(databases[0], other)
+
+        async def local_fixed() -> MessageQueue:
+            return SqliteQueue(databases[0], f"{prefix}-resp-queue")
+
+        try:
+            replies_local = await SqliteReplyQueues.attach(databases[0], prefix)
+            yield ReplyKit("local", prefix, replies_local, local_view, local_prefix, local_fixed)
+        finally:
+            for database in databases:
+                await database.aclose()

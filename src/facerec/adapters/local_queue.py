@@ -333,15 +333,16 @@ class SqliteQueue:
         return ids
 
     def _insert(self, chunk: list[tuple[str, str]], connection: sqlite3.Connection) -> None:
-        def work(c: sqlite3.Connection) -> None:
-            now = time.time()
-            c.executemany(
-                "INSERT INTO messages (queue, message_id, body, visible_at) VALUES (?, ?, ?, ?)",
-                [(self.name, message_id, body, now) for message_id, body in chunk],
-            )
-            c.execute(_SIGNAL, (self.name,))
+        self.database.transaction(connection, lambda c: self._insert_rows(c, chunk))
 
-        self.database.transaction(connection, work)
+    def _insert_rows(self, c: sqlite3.Connection, chunk: list[tuple[str, str]]) -> None:
+        """The insert itself, inside a transaction (a reply queue checks that it still exists first)."""
+        now = time.time()
+        c.executemany(
+            "INSERT INTO messages (queue, message_id, body, visible_at) VALUES (?, ?, ?, ?)",
+            [(self.name, message_id, body, now) for message_id, body in chunk],
+        )
+        c.execute(_SIGNAL, (self.name,))
 
     def _retire(self, c: sqlite3.Connection, exhausted: list[int], now: float) -> None:
         """Messages received max_receives times: to the dead-letter queue, or dropped without one."""

@@ -14,15 +14,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from facerec.adapters.lease_rule import next_lease
+from facerec.messages import MAX_RESPONSE_BYTES
 from facerec.ports import (
     BlobNotFound,
     InvalidKey,
     Lease,
     MessageTooLarge,
+    QueueNotFound,
     QueueStats,
     ReceivedMessage,
     WebMember,
 )
+from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
 
 RECEIVE_MAX = 10
 
@@ -199,3 +202,65 @@ class MemoryCoordination:
 
     async def check(self) -> None:
         return None
+
+
+class MemoryReplyQueue(MemoryQueue):
+    """A per-process reply queue: once deleted, sending to it raises QueueNotFound (as SQS does)."""
+
+    deleted = False
+
+    async def send(self, body: str) -> str:
+        if self.deleted:
+            raise QueueNotFound(self.name)
+        return await super().send(body)
+
+    async def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        if self.deleted:
+            raise QueueNotFound(self.name)
+        return await super().send_batch(bodies)
+
+
+class MemoryReplyQueues:
+    """The per-process reply queues of deployment `prefix`, in memory (one event loop). `view()` is another handle
+    on the same queues: what a second web process of the same deployment sees."""
+
+    def __init__(
+        self,
+        prefix: str,
+        visibility_timeout: float = 30.0,
+        max_message_bytes: int = MAX_RESPONSE_BYTES,
+        _queues: dict[str, MemoryReplyQueue] | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.visibility_timeout = visibility_timeout
+        self.max_message_bytes = max_message_bytes
+        self._queues: dict[str, MemoryReplyQueue] = {} if _queues is None else _queues
+
+    def view(self, prefix: str | None = None) -> MemoryReplyQueues:
+        """Another handle on the same queues (of another deployment's `prefix`, if given: one shared store)."""
+        return MemoryReplyQueues(prefix or self.prefix, self.visibility_timeout, self.max_message_bytes, self._queues)
+
+    async def create(self, name: str) -> MemoryReplyQueue:
+        check_reply_queue_name(self.prefix, name)
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = MemoryReplyQueue(name, self.visibility_timeout, max_message_bytes=self.max_message_bytes)
+            self._queues[name] = queue
+        return queue
+
+    async def open(self, name: str) -> MemoryReplyQueue:
+        if not is_process_reply_queue(self.prefix, name):
+            raise QueueNotFound(name)  # never a handle on another queue a message merely names
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise QueueNotFound(name) from None
+
+    async def delete(self, name: str) -> None:
+        queue = self._queues.pop(name, None)
+        if queue is not None:
+            queue.deleted = True
+            queue._messages.clear()
+
+    async def list(self) -> list[str]:
+        return sorted(name for name in self._queues if is_process_reply_queue(self.prefix, name))

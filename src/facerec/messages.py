@@ -82,6 +82,13 @@ class RecognitionRequest(_Message):
         description="The person's generation when the web tier sent the enrollment (kind `enroll` only; None "
         "before the person's first delete): the record is kept only while it is still current.",
     )
+    reply_to: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,80}$",
+        description="The response queue of the web process waiting for the answer (`<prefix>-resp-<web id>`); "
+        "None: the fixed `<prefix>-resp-queue`. Workers answer only on this deployment's response queues "
+        "(`Settings.is_reply_queue`), and on the fixed one otherwise.",
+    )
 
 
 class ErrorCode(StrEnum):

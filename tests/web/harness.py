@@ -107,6 +107,7 @@ def flaky_data_tier(
                 requests=FlakyProxy(data.requests, queue_switch),
                 responses=FlakyProxy(data.responses, response_switch or Switch()),
                 dead_letters=data.dead_letters,
+                replies=data.replies,
             )
 
     return factory

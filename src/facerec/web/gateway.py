@@ -66,10 +66,16 @@ class ClientDisconnected(ServiceError):
 
 
 class RecognitionGateway:
-    def __init__(self, data: DataTier, pending: PendingRequests, settings: Settings) -> None:
+    def __init__(
+        self, data: DataTier, pending: PendingRequests, settings: Settings, *, reply_to: str | None = None
+    ) -> None:
+        """`reply_to`: the per-process reply queue this process reads its answers from, stamped on every request
+        it sends; None (one web process, or the one holding the fixed queue): the fixed response queue, and the
+        messages are byte for byte what they were before there were reply queues."""
         self._data = data
         self._pending = pending
         self._settings = settings
+        self.reply_to = reply_to
         self.accepting = True
 
     async def recognize(
@@ -123,6 +129,7 @@ class RecognitionGateway:
             filename=image1.filename,
             enqueued_at=now,
             deadline=now + self._settings.request_deadline_s,
+            reply_to=self.reply_to,
             kind="verify",
             person=None if image2 is not None else person,
         )
@@ -168,6 +175,7 @@ class RecognitionGateway:
             filename=upload.filename,
             enqueued_at=now,
             deadline=now + self._settings.request_deadline_s,
+            reply_to=self.reply_to,
             kind="enroll",
             person=person,
             generation=generation,
@@ -208,6 +216,7 @@ class RecognitionGateway:
             filename=upload.filename,
             enqueued_at=now,
             deadline=now + self._settings.request_deadline_s,
+            reply_to=self.reply_to,
             top_k=top_k,
             all_faces=all_faces,
         )

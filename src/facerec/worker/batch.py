@@ -82,6 +82,18 @@ def _salvage_id(body: str) -> str | None:
     return request_id if isinstance(request_id, str) and _REQUEST_ID.match(request_id) else None
 
 
+def reply_to(message: ReceivedMessage) -> str | None:
+    """The queue a delivery asks to be answered on (`RecognitionRequest.reply_to`), read from the body as it is,
+    so that the error answer to a body too broken to be a request also goes back to whoever waits for it. None:
+    the fixed response queue. Whether the name may be used is the worker's check (`Settings.is_reply_queue`)."""
+    try:
+        data = json.loads(message.body)
+    except ValueError:
+        return None
+    value = data.get("reply_to") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def _queue_wait(request: RecognitionRequest, received_at: float) -> float:
     return round(max(0.0, received_at - request.enqueued_at), 4)
 

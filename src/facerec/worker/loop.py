@@ -20,7 +20,7 @@ from facerec import people
 from facerec.logs import error_text
 from facerec.messages import ErrorCode
 from facerec.people import EmbeddingRecord
-from facerec.ports import BlobNotFound, DataTier, PortError, ReceivedMessage
+from facerec.ports import BlobNotFound, DataTier, MessageQueue, PortError, QueueNotFound, ReceivedMessage
 from facerec.recognition.results import (
     BatchRecognizer,
     Enroller,
@@ -39,6 +39,7 @@ from facerec.worker.batch import (
     failed_answer,
     missing_input_answer,
     outcome_answer,
+    reply_to,
     triage,
     verification_answer,
     verify_input,
@@ -58,6 +59,9 @@ _NOT_KEPT = {
     people.PHOTO_DELETED: (ErrorCode.INPUT_MISSING, "the photo was discarded before its record was written"),
 }
 PORT_ERROR_BACKOFF_S = (0.2, 5.0)
+REPLY_CACHE_MAX = 256
+"""Reply queue handles (and names known to be gone) kept at most: one per web process start, so a worker that
+outlives many restarts forgets the old ones rather than growing without bound."""
 
 
 @dataclass
@@ -99,6 +103,8 @@ class Worker:
             if data.gallery is not None and self._enroller is not None
             else None
         )
+        self._reply_queues: dict[str, MessageQueue] = {}
+        self._gone: set[str] = set()
 
     # --- main loop --------------------------------------------------------------------------------
 
@@ -437,7 +443,7 @@ class Worker:
         await asyncio.gather(*(self._store_output(answer) for answer in answers if answer.output is not None))
         t1 = time.monotonic()
         if answers:
-            await self.data.responses.send_batch([a.response.to_json() for a in answers])
+            await self._respond(answers)
         t2 = time.monotonic()
         for item in settled:
             if isinstance(item, Discard):
@@ -454,6 +460,67 @@ class Worker:
         self.stats.processed += len(answers) - errors
         self.stats.discarded += len(settled) - len(answers)
         return {"store_s": t1 - t0, "respond_s": t2 - t1, "delete_s": t3 - t2}
+
+    async def _respond(self, answers: Sequence[Answer]) -> None:
+        """Send each answer to the queue its request names (one `send_batch` per queue): the web process that
+        waits for it reads that queue. Raises PortError when a queue fails (the requests come back later)."""
+        groups: dict[str, list[str]] = {}
+        for answer in answers:
+            groups.setdefault(self._destination(answer), []).append(answer.response.to_json())
+        if len(groups) == 1:  # the usual batch: every answer for one web process, as before reply queues
+            [(name, bodies)] = groups.items()
+            await self._send(name, bodies)
+            return
+        sent = await asyncio.gather(
+            *(self._send(name, bodies) for name, bodies in groups.items()), return_exceptions=True
+        )
+        for outcome in sent:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _destination(self, answer: Answer) -> str:
+        """The request's `reply_to` when it names a response queue of this deployment, else the fixed one: a
+        worker never sends to a queue a message merely names (another deployment's, or its own request queue)."""
+        fixed = self.settings.resp_queue
+        name = reply_to(answer.message)
+        if name is None or name == fixed:
+            return fixed
+        if self.settings.is_reply_queue(name) and self.data.replies is not None:
+            return name
+        log.warning(
+            "reply_to_refused",
+            extra={
+                "worker": self.name,
+                "request_id": answer.response.id,
+                "reply_to": name[:80],
+                "reason": "no reply queues here" if self.settings.is_reply_queue(name) else "not a response queue",
+            },
+        )
+        return fixed
+
+    async def _send(self, name: str, bodies: list[str]) -> None:
+        if name == self.settings.resp_queue:
+            await self.data.responses.send_batch(bodies)
+            return
+        assert self.data.replies is not None  # `_destination` names a reply queue only when there are some
+        try:
+            queue = self._reply_queues.get(name)
+            if queue is None:
+                queue = await self.data.replies.open(name)
+                if len(self._reply_queues) >= REPLY_CACHE_MAX:
+                    self._reply_queues.clear()
+                self._reply_queues[name] = queue
+            await queue.send_batch(bodies)
+        except QueueNotFound:
+            # Deleted with its web process (a clean stop, or reaped after it died): nobody waits for these
+            # answers any more, so the requests are acknowledged rather than redelivered to no one.
+            self._reply_queues.pop(name, None)
+            if name not in self._gone:
+                if len(self._gone) >= REPLY_CACHE_MAX:
+                    self._gone.clear()
+                self._gone.add(name)
+                log.warning("reply_queue_gone", extra={"worker": self.name, "reply_to": name, "answers": len(bodies)})
+            self.stats.unanswered += len(bodies)
 
     async def _store_output(self, answer: Answer) -> None:
         assert answer.output is not None

@@ -17,6 +17,8 @@ class WorkerStats:
     """Messages deleted without an answer (no request id to answer)."""
     released: int = 0
     """Messages handed back to the queue (visibility 0) or left for redelivery."""
+    unanswered: int = 0
+    """Answers not delivered because their reply queue was gone (the web process waiting for them stopped)."""
     visibility_extensions: int = 0
     started_at: float = field(default_factory=time.time)
 

@@ -112,19 +112,24 @@ def create_app(
             data = await stack.enter_async_context(open_data(settings))
             deployment = await _join_deployment(settings, data, pending, stack)
             app.state.deployment = deployment
-            # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always.
-            responses = deployment.channel.queue if deployment is not None and deployment.channel else data.responses
+            # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always; so does the
+            # process of a deployment that holds the fixed queue's lease (its requests carry no reply_to).
+            channel = deployment.channel if deployment is not None else None
+            reply_to = channel.reply_to if channel is not None else None
             poller = ResponsePoller(
-                responses,
+                channel.queue if channel is not None else data.responses,
                 data.dead_letters,
                 pending,
                 pollers=settings.web_response_pollers,
                 wait_s=settings.web_poll_wait_s,
                 on_response=metrics.observe_response,
+                own_reply_queue=reply_to,
+                replies=data.replies,
+                fixed_responses=data.responses,
             )
             poller.start()
             stack.push_async_callback(poller.stop)
-            gateway = RecognitionGateway(data, pending, settings)
+            gateway = RecognitionGateway(data, pending, settings, reply_to=reply_to)
             app.state.data, app.state.poller, app.state.gateway = data, poller, gateway
             for companion in companions:
                 await stack.enter_async_context(companion(app, data))

@@ -75,8 +75,8 @@ async def open_local_data_tier(settings: Settings) -> AsyncIterator[DataTier]:
             responses=SqliteQueue(database, settings.resp_queue, **response_limits),
             dead_letters=SqliteQueue(database, settings.dlq, **common),
             gallery=gallery,
-            replies=replies,
             coordination=await LocalCoordination.open(database),
+            replies=replies,
         )
     finally:
         await database.aclose()

@@ -18,22 +18,6 @@ class QueueKit:
     tick: float
 
 
-@dataclass(frozen=True)
-class ReplyKit:
-    """One backend's reply queues of deployment `prefix` (`replies`), and what the contract compares them with."""
-
-    backend: str
-    prefix: str
-    replies: ReplyQueues
-    other_view: Callable[[], Awaitable[ReplyQueues]]
-    """Another handle on the same deployment's reply queues, as a second web process opens it (its own database
-    connection, or its own clients)."""
-    for_prefix: Callable[[str], Awaitable[ReplyQueues]]
-    """The reply queues of another deployment (another prefix) on the same backend."""
-    make_fixed: Callable[[], Awaitable[MessageQueue]]
-    """The deployment's fixed `<prefix>-resp-queue` (`DataTier.responses`), existing, on the same backend."""
-
-
 class ManualClock:
     """A wall clock tests move by hand: leases expire without sleeping. Starts at a realistic Unix time."""
 
@@ -54,3 +38,19 @@ class CoordinationKit:
     backend: str
     coordination: Coordination
     clock: ManualClock
+
+
+@dataclass(frozen=True)
+class ReplyKit:
+    """One backend's reply queues of deployment `prefix` (`replies`), and what the contract compares them with."""
+
+    backend: str
+    prefix: str
+    replies: ReplyQueues
+    other_view: Callable[[], Awaitable[ReplyQueues]]
+    """Another handle on the same deployment's reply queues, as a second web process opens it (its own database
+    connection, or its own clients)."""
+    for_prefix: Callable[[str], Awaitable[ReplyQueues]]
+    """The reply queues of another deployment (another prefix) on the same backend."""
+    make_fixed: Callable[[], Awaitable[MessageQueue]]
+    """The deployment's fixed `<prefix>-resp-queue` (`DataTier.responses`), existing, on the same backend."""

@@ -58,3 +58,50 @@ def interrupt(process: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, 
     process.send_signal(signal.SIGINT)
     returncode = process.wait(timeout=timeout_s)
     return returncode, [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process (Linux /proc)."""
+    table: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(stat.parent.name)] = (parent, cmdline)
+    return table
+
+
+def environment_has(pid: int, entry: str) -> bool:
+    """Whether process `pid` was started with `entry` (`NAME=value`) in its environment."""
+    try:
+        return entry.encode() in (Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    except OSError:
+        return False
+
+
+class WorkerCensus:
+    """Counts the app-tier worker processes of one local deployment (data directory), whoever their parent is:
+    a worker orphaned by a killed web process still counts. Forked workers share their template's command line,
+    so a template is recognised by its parent (a web process) when first seen, and remembered."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.entry = f"FACEREC_DATA_DIR={data_dir}"
+        self.templates: set[int] = set()
+        self.ours: dict[int, bool] = {}
+
+    def count(self, web_pids: set[int]) -> int:
+        workers = 0
+        for pid, (parent, cmdline) in process_table().items():
+            if "facerec.worker" not in cmdline:
+                continue
+            if pid not in self.ours:
+                self.ours[pid] = environment_has(pid, self.entry)
+            if not self.ours[pid]:
+                continue
+            if "facerec.worker.template" in cmdline and (parent in web_pids or pid in self.templates):
+                self.templates.add(pid)
+                continue
+            workers += 1
+        return workers

@@ -167,6 +167,43 @@ class MemoryQueue:
         return None
 
 
+class MemoryCoordination:
+    """Membership and leases in a dict, for one event loop (unit tests of leadership and of the web tier's
+    deployment); `clock` is the wall clock leases expire by (injectable so tests need not sleep)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._members: dict[str, WebMember] = {}
+        self._leases: dict[str, Lease] = {}
+
+    async def heartbeat(self, member: WebMember) -> None:
+        self._members[member.web_id] = member
+
+    async def members(self) -> list[WebMember]:
+        return [self._members[web_id] for web_id in sorted(self._members)]
+
+    async def leave(self, web_id: str) -> None:
+        self._members.pop(web_id, None)
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        lease = next_lease(self._leases.get(name), name, holder, ttl_s, self._clock())
+        if lease is not None:
+            self._leases[name] = lease
+        return lease
+
+    async def release(self, name: str, holder: str) -> None:
+        current = self._leases.get(name)
+        if current is not None and current.holder == holder:
+            # Kept, expired, rather than removed: the next holder's token must still grow.
+            self._leases[name] = Lease(name, holder, min(current.expires_at, self._clock()), current.token)
+
+    async def lease(self, name: str) -> Lease | None:
+        return self._leases.get(name)
+
+    async def check(self) -> None:
+        return None
+
+
 class MemoryReplyQueue(MemoryQueue):
     """A per-process reply queue: once deleted, sending to it raises QueueNotFound (as SQS does)."""
 
@@ -227,40 +264,3 @@ class MemoryReplyQueues:
 
     async def list(self) -> list[str]:
         return sorted(name for name in self._queues if is_process_reply_queue(self.prefix, name))
-
-
-class MemoryCoordination:
-    """Membership and leases in a dict, for one event loop (unit tests of leadership and of the web tier's
-    deployment); `clock` is the wall clock leases expire by (injectable so tests need not sleep)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._members: dict[str, WebMember] = {}
-        self._leases: dict[str, Lease] = {}
-
-    async def heartbeat(self, member: WebMember) -> None:
-        self._members[member.web_id] = member
-
-    async def members(self) -> list[WebMember]:
-        return [self._members[web_id] for web_id in sorted(self._members)]
-
-    async def leave(self, web_id: str) -> None:
-        self._members.pop(web_id, None)
-
-    async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
-        lease = next_lease(self._leases.get(name), name, holder, ttl_s, self._clock())
-        if lease is not None:
-            self._leases[name] = lease
-        return lease
-
-    async def release(self, name: str, holder: str) -> None:
-        current = self._leases.get(name)
-        if current is not None and current.holder == holder:
-            # Kept, expired, rather than removed: the next holder's token must still grow.
-            self._leases[name] = Lease(name, holder, min(current.expires_at, self._clock()), current.token)
-
-    async def lease(self, name: str) -> Lease | None:
-        return self._leases.get(name)
-
-    async def check(self) -> None:
-        return None

@@ -5,6 +5,8 @@
 3. `facerec serve` as a subprocess with that gallery and 0 workers; cold start (first answer from 0 workers).
 4. The course's workload: N requests at a given concurrency, answers checked against the labels.
 5. Scale-in (the last answer until 0 workers), the web process's RSS before and after, and one more request.
+6. With `--web-processes N`: the same workload once more against `facerec serve --web-processes N` (one port, N
+   processes of one deployment, one scaler), from 0 workers as well: throughput vs the single process.
 """
 
 from __future__ import annotations
@@ -104,11 +106,39 @@ async def timed_request(url: str, path: Path) -> tuple[float, int, str]:
         return time.perf_counter() - started, response.status_code, response.text
 
 
-def start_service(workdir: Path, gallery: Path, port: int, max_workers: int | None) -> subprocess.Popen[bytes]:
+def start_service(
+    workdir: Path, gallery: Path, port: int, max_workers: int | None, web_processes: int = 1
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "facerec", "serve", f"--port={port}", f"--data-dir={workdir / 'data'}"]
     argv += [f"--gallery={gallery}"] + ([f"--max-workers={max_workers}"] if max_workers else [])
-    log = (workdir / "serve.log").open("wb")
+    argv += [f"--web-processes={web_processes}"] if web_processes > 1 else []
+    log = (workdir / "serve.log").open("ab")
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_fleet_idle(url: str, within_s: float, poll_s: float = 0.1) -> float | None:
+    """Seconds until the process running the scaler reports 0 workers on /v1/workers. Behind one port with
+    several web processes a request reaches any of them: the others answer 404 (they do not run the fleet)."""
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.perf_counter() - started < within_s:
+            # A fresh connection each time: any of the processes may accept it.
+            response = await client.get(f"{url}/v1/workers", headers={"connection": "close"})
+            if response.status_code == 200 and sum(response.json().values()) == 0:
+                return time.perf_counter() - started
+            await asyncio.sleep(poll_s)
+    return None
+
+
+async def measure_several(
+    url: str, files: list[Path], labels: dict[str, str], requests: int, concurrency: int
+) -> tuple[dict[str, Any], LoadRun]:
+    """The same workload against several web processes on one port, from 0 workers like the single run."""
+    if await wait_fleet_idle(url, 30) is None:
+        raise click.ClickException("the web processes did not start with 0 workers")
+    run = await run_load(f"{url}/", files, requests, concurrency, labels, progress=False, linger_s=0.0)
+    zero_after = await wait_fleet_idle(url, 30)
+    return {"scale_in_after_last_answer_s": None if zero_after is None else round(zero_after, 3)}, run
 
 
 async def measure(
@@ -143,6 +173,13 @@ async def measure(
 @click.option("--port", type=int, default=8765, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
+@click.option(
+    "--web-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Also run the workload against `facerec serve --web-processes N` and compare throughput (N > 1).",
+)
 def command(
     num_requests: int,
     concurrency: int,
@@ -154,6 +191,7 @@ def command(
     port: int,
     json_out: Path | None,
     plot_out: Path | None,
+    web_processes: int,
 ) -> None:
     """Raw recognizer vs the full stack on the same images, cold start, scale-in and memory, in one run."""
     cse546 = cse546_dir(datasets)
@@ -178,6 +216,11 @@ def command(
         results.update(summary)
         results["service_exit_code"] = exit_code
         results["stack_vs_raw"] = round(summary["throughput_rps"] / results["raw_images_per_s"], 3)
+        if web_processes > 1:
+            results["web_processes"] = several = run_several(
+                workdir, gallery, port, max_workers, web_processes, files, labels, num_requests, concurrency
+            )
+            results["several_vs_one"] = round(several["throughput_rps"] / summary["throughput_rps"], 3)
         for line in report_lines(summary):
             click.echo(line)
         for key in ("stack_vs_raw", "cold_start_s", "scale_in_after_last_answer_s", "web_rss_before_mb"):
@@ -185,6 +228,15 @@ def command(
         click.echo(
             f"web_rss_after_mb: {results['web_rss_after_mb']}; request after load: {results['request_after_load']}"
         )
+        if web_processes > 1:
+            several = results["web_processes"]
+            click.echo(
+                f"{web_processes} web processes: {several['throughput_rps']:.1f} requests/s vs "
+                f"{summary['throughput_rps']:.1f} with one ({results['several_vs_one']}x); "
+                f"p50 {several['latency_p50_s']:.2f} s, p99 {several['latency_p99_s']:.2f} s; "
+                f"{several['correct']}/{num_requests} correct; 0 workers "
+                f"{several['scale_in_after_last_answer_s']} s after the last answer"
+            )
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps({**results, "samples": [asdict(s) for s in run.samples]}, indent=2))
@@ -194,6 +246,28 @@ def command(
 
             plot_run(run, plot_out, title=f"facerec serve: {num_requests} requests, concurrency {concurrency}")
             click.echo(f"wrote {plot_out}")
+
+
+def run_several(
+    workdir: Path,
+    gallery: Path,
+    port: int,
+    max_workers: int | None,
+    processes: int,
+    files: list[Path],
+    labels: dict[str, str],
+    requests: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    service = start_service(workdir, gallery, port, max_workers, processes)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, service, workdir)
+        numbers, run = asyncio.run(measure_several(url, files, labels, requests, concurrency))
+    finally:
+        service.send_signal(signal.SIGINT)
+        exit_code = service.wait(60)
+    return {"processes": processes, **numbers, **summarize(run), "service_exit_code": exit_code}
 
 
 def _wait_ready(url: str, service: subprocess.Popen[bytes], workdir: Path, within_s: float = 60) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from facerec.cli.model_options import UNKNOWN_THRESHOLD, UNKNOWN_THRESHOLD_HELP
 from facerec.cli.text import plural
 from facerec.gallery_file import GalleryFileError, gallery_people, gallery_unknown_threshold
 from facerec.logs import configure_logging
+from facerec.ports import Lease, WebMember
 from facerec.recognition.thresholds import ThresholdUnavailable, describe_recognition_threshold
 from facerec.settings import Settings
 from facerec.web.auth import is_exposed
@@ -91,6 +93,53 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: 
     return lines
 
 
+def deployment_line(
+    settings: Settings,
+    web_id: str | None,
+    members: list[WebMember],
+    scaler: Lease | None,
+    now: float,
+    processes: int = 1,
+) -> str:
+    """What this `facerec serve` is in its deployment: the first web process, or one joining those running
+    (their ids and addresses, and who runs the scaler). `web_id` None: several processes of this command."""
+    live = [m for m in members if now - m.heartbeat_at <= settings.web_stale_s]
+    these = f"as web id {web_id}" if web_id else f"as {processes} web processes on this port"
+    if not live:
+        more = f"`facerec serve --port {settings.port + 1}` with the same data directory (or prefix) joins it"
+        return f"deployment: first web process ({these}); {more}"
+    holder = scaler.holder if scaler is not None and scaler.expires_at > now else None
+    leader = next((m for m in live if m.web_id == holder), None)
+    running = ", ".join(f"{m.web_id} at {m.address or '?'}" for m in live)
+    scaler_text = (
+        f"the scaler runs in {leader.web_id} at {leader.address or '?'}"
+        if leader is not None
+        else "the scaler goes to the first process that asks"
+    )
+    joins = plural(len(live), "running web process", "running web processes")
+    return f"deployment: joins {joins} ({running}) {these}; {scaler_text}"
+
+
+def read_deployment(settings: Settings) -> tuple[list[WebMember], Lease | None] | None:
+    """The deployment's members and scaler lease as stored, or None where the data tier cannot say."""
+    import asyncio
+
+    from facerec.backend import open_data_tier
+    from facerec.ports import PortError
+    from facerec.web.deployment import SCALER_LEASE
+
+    async def read() -> tuple[list[WebMember], Lease | None] | None:
+        async with open_data_tier(settings) as data:
+            if data.coordination is None:
+                return None
+            return await data.coordination.members(), await data.coordination.lease(SCALER_LEASE)
+
+    try:
+        return asyncio.run(read())
+    except PortError:
+        return None  # the service's own start reports what is wrong with the data tier
+
+
 @click.command()
 @click.option("--host", help="Interface to listen on (default 127.0.0.1: this machine only).")
 @click.option("--port", type=int, help="Port (default 8000).")
@@ -114,13 +163,21 @@ def banner(settings: Settings, gallery_people: dict[str, int] | None, recorded: 
     default=None,
     help="On Ctrl-C leave running workers running (default: stop them all; EC2 instances cost money while idle).",
 )
+@click.option(
+    "--web-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Web processes behind this one port (local backend; uvicorn's workers). They form one deployment with "
+    "any other `facerec serve` on the same data directory: one scaler, answers addressed to their process.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(log_level: str, **options: Any) -> None:
+def serve(log_level: str, web_processes: int, **options: Any) -> None:
     """Run the service: web tier on HOST:PORT, workers scaled from 0 with the requests in flight."""
     import uvicorn
 
-    from facerec.scaler.service import ScalerService
-    from facerec.web.app import create_app
+    from facerec.web.deployment import new_web_id
+    from facerec.web.serve_app import serve_app
 
     overrides = {key: value for key, value in options.items() if value is not None}
     if "gallery" in overrides:
@@ -128,6 +185,11 @@ def serve(log_level: str, **options: Any) -> None:
     if "data_dir" in overrides:
         overrides["data_dir"] = overrides["data_dir"].expanduser().resolve()
     settings = Settings(**overrides)
+    if web_processes > 1 and settings.backend != "local":
+        raise click.UsageError(
+            "--web-processes is for the local backend; on AWS run one `facerec serve` per host (or several with "
+            "different ports) behind a load balancer: they join one deployment by their prefix"
+        )
     known: dict[str, int] | None = None
     recorded: float | None = None
     if settings.gallery:  # from --gallery or FACEREC_GALLERY
@@ -152,17 +214,18 @@ def serve(log_level: str, **options: Any) -> None:
     export_for_workers(overrides)
     configure_logging(log_level.upper())
 
-    service = ScalerService(settings)
-    app = create_app(
-        settings,
-        worker_count=service.worker_count,
-        worker_states=service.worker_states,
-        companions=[service.companion],
-    )
+    web_id = new_web_id() if web_processes == 1 else None
+    deployment = read_deployment(settings)
+    if deployment is not None:
+        lines.insert(-1, deployment_line(settings, web_id, *deployment, now=time.time(), processes=web_processes))
     first, *rest = lines
     click.echo(first)
     for line in rest:
         click.echo(line, err=True)
+    if web_processes > 1:
+        serve_several(settings, sock, web_processes, log_level)
+        return
+    app, service = serve_app(settings, web_id)
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -178,6 +241,28 @@ def serve(log_level: str, **options: Any) -> None:
     if service.left_running:
         names = ", ".join(w.name for w in service.left_running)
         click.echo(f"left running: {plural(len(service.left_running), 'worker')} ({names})", err=True)
+
+
+def serve_several(settings: Settings, sock: socket.socket, processes: int, log_level: str) -> None:
+    """N web processes on one listening socket: uvicorn's supervisor (`workers=N`) passes the socket bound here
+    to N fresh interpreters, which accept from it in turn, restarts one that dies, and on Ctrl-C (or SIGTERM)
+    stops them all, each draining and leaving its deployment (the one running the scaler stops the workers).
+    Chosen over SO_REUSEPORT children of our own: the supervisor, its signal handling and its restarts exist."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from facerec.web.serve_app import LOG_LEVEL_ENV
+
+    os.environ[LOG_LEVEL_ENV] = log_level
+    config = uvicorn.Config(
+        "facerec.web.serve_app:serve_app_from_environment",
+        factory=True,
+        workers=processes,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def upload_for_workers(settings: Settings) -> str:

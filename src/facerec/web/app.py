@@ -49,7 +49,7 @@ def fleet_worker_count(fleet: Fleet) -> Callable[[], Awaitable[int]]:
 
 
 async def _join_deployment(
-    settings: Settings, data: DataTier, pending: PendingRequests, stack: AsyncExitStack
+    settings: Settings, data: DataTier, pending: PendingRequests, stack: AsyncExitStack, web_id: str | None
 ) -> Deployment | None:
     """Join the deployment's other web processes when the data tier can coordinate them: choose the reply
     channel (the fixed queue, or one of this process's own), heartbeat, reap the dead. Left after the drain
@@ -63,6 +63,7 @@ async def _join_deployment(
         data.responses,
         lambda: pending.in_flight,
         address=f"{settings.host}:{settings.port}",
+        web_id=web_id,
     )
     await deployment.join()
     stack.push_async_callback(deployment.leave)
@@ -96,9 +97,11 @@ def create_app(
     worker_count: WorkerCount | None = None,
     worker_states: WorkerStates | None = None,
     companions: Sequence[Companion] = (),
+    web_id: str | None = None,
 ) -> FastAPI:
     """`app.state.pending.in_flight` is the exact number of requests in flight (for the scaler);
-    `app.state.data` is the open DataTier while the app runs."""
+    `app.state.data` is the open DataTier while the app runs. `web_id`: this process's id in its deployment
+    (random when not given; `facerec serve` chooses it first to print it)."""
     settings = settings or get_settings()
     open_data = data_tier_factory or _default_data_tier
     pending = PendingRequests()
@@ -110,20 +113,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(open_data(settings))
-            deployment = await _join_deployment(settings, data, pending, stack)
+            deployment = await _join_deployment(settings, data, pending, stack, web_id)
             app.state.deployment = deployment
-            # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always.
+            # A lone web process (tests' data tiers, no coordination) reads the fixed queue, as always; so does the
+            # process of a deployment that holds the fixed queue's lease (its requests carry no reply_to).
             channel = deployment.channel if deployment is not None else None
-            responses = channel.queue if channel is not None else data.responses
             reply_to = channel.reply_to if channel is not None else None
             poller = ResponsePoller(
-                responses,
+                channel.queue if channel is not None else data.responses,
                 data.dead_letters,
                 pending,
                 pollers=settings.web_response_pollers,
                 wait_s=settings.web_poll_wait_s,
                 on_response=metrics.observe_response,
-                # Its own queue named: dead letters of other processes are answered on theirs, not dropped.
                 own_reply_queue=reply_to,
                 replies=data.replies,
                 fixed_responses=data.responses,

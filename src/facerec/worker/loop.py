@@ -467,6 +467,10 @@ class Worker:
         groups: dict[str, list[str]] = {}
         for answer in answers:
             groups.setdefault(self._destination(answer), []).append(answer.response.to_json())
+        if len(groups) == 1:  # the usual batch: every answer for one web process, as before reply queues
+            [(name, bodies)] = groups.items()
+            await self._send(name, bodies)
+            return
         sent = await asyncio.gather(
             *(self._send(name, bodies) for name, bodies in groups.items()), return_exceptions=True
         )

@@ -1,0 +1,273 @@
+"""Several web processes on one local deployment (#15), as real `facerec serve` processes on three ports with
+fake-model workers (tests.worker.fakes names a photo by its colour, no torch): every answer reaches the process
+that received its request, one scaler runs the fleet for all of them, and killing that process with -9 costs
+only its own requests while another takes the scaler over and its reply queue is reaped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from facerec.backend import open_data_tier
+from facerec.settings import Settings
+from tests.e2e.processes import WorkerCensus, descendants, free_port, wait_for_http
+from tests.paths import REPO_ROOT
+from tests.worker.fakes import PEOPLE, photo_of
+
+pytestmark = pytest.mark.slow
+
+MAX_WORKERS = 2
+REQUESTS = 1500
+CONCURRENCY = 48
+NAMES = sorted(PEOPLE)
+BOUNDARY = "facerec-e2e"
+
+
+@dataclass
+class Web:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Deployment:
+    data_dir: Path
+    webs: list[Web]
+    census: WorkerCensus
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def web_pids(self) -> set[int]:
+        return {web.process.pid for web in self.webs if web.process.poll() is None}
+
+
+def start_web(data_dir: Path, tmp_path: Path) -> Web:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "FACEREC_WORKER_RECOGNIZER_FACTORY": "tests.worker.fakes:process_recognizer",
+        "FACEREC_MAX_WORKERS": str(MAX_WORKERS),
+        "FACEREC_SCALE_IN_GRACE_S": "0.3",
+        "FACEREC_WEB_POLL_WAIT_S": "1",
+        "FACEREC_WORKER_POLL_WAIT_S": "0.5",
+        "FACEREC_SHUTDOWN_GRACE_S": "2",
+        "FACEREC_REQUEST_DEADLINE_S": "60",
+    }
+    log = tmp_path / f"serve-{port}.log"
+    argv = [sys.executable, "-m", "facerec", "serve", f"--port={port}", f"--data-dir={data_dir}"]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    return Web(port, process, log)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    data_dir = tmp_path / "data"
+    webs: list[Web] = []
+    try:
+        # The first is started alone, so it is the one that reads the fixed queue and runs the scaler.
+        webs.append(start_web(data_dir, tmp_path))
+        wait_for_http(f"{webs[0].url}/readyz", 60, webs[0].process, webs[0].log)
+        webs += [start_web(data_dir, tmp_path) for _ in range(2)]
+        for web in webs[1:]:
+            wait_for_http(f"{web.url}/readyz", 60, web.process, web.log)
+        yield Deployment(data_dir, webs, WorkerCensus(data_dir))
+    finally:
+        for web in webs:
+            for pid in [web.process.pid, *descendants(web.process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            web.process.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def sampling(deployment: Deployment) -> AsyncIterator[None]:
+    """Counts the worker processes every 50 ms while the block runs."""
+
+    async def sample() -> None:
+        while True:
+            count = await asyncio.to_thread(deployment.census.count, deployment.web_pids())
+            deployment.samples.append((time.monotonic(), count))
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def upload(stem: str, name: str) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="inputFile"; filename="{stem}.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    return head.encode() + photo_of(name) + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    port: int
+    stem: str
+    name: str
+    status: int | None
+    """None: no HTTP answer (connection error)."""
+    body: str
+    done_at: float
+
+    @property
+    def correct(self) -> bool:
+        return self.status == 200 and self.body == f"{self.stem}:{self.name}"
+
+
+async def send_load(
+    client: httpx.AsyncClient, ports: list[int], count: int, progress: list[Outcome] | None = None
+) -> list[Outcome]:
+    limit = asyncio.Semaphore(CONCURRENCY)
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    outcomes = progress if progress is not None else []
+
+    async def one(index: int) -> None:
+        port, name = ports[index % len(ports)], NAMES[index % len(NAMES)]
+        stem = f"p{port}_{index}"
+        async with limit:
+            try:
+                response = await client.post(f"http://127.0.0.1:{port}/", content=upload(stem, name), headers=headers)
+                status, body = response.status_code, response.text.strip()
+            except httpx.HTTPError as exc:
+                status, body = None, type(exc).__name__
+        outcomes.append(Outcome(port, stem, name, status, body, time.monotonic()))
+
+    await asyncio.gather(*(one(index) for index in range(count)))
+    return outcomes
+
+
+async def readiness(client: httpx.AsyncClient, web: Web) -> dict[str, object]:
+    body: dict[str, object] = (await client.get(f"{web.url}/readyz")).json()
+    return body
+
+
+async def until(condition: object, timeout_s: float, what: str) -> float:
+    """Polls the async predicate every 50 ms; returns when it held (monotonic time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if await condition():  # type: ignore[operator]
+                return time.monotonic()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def report(line: str) -> None:
+    print(line)  # shown with -s; the numbers the report of #15 quotes
+
+
+@pytest.mark.timeout(180)  # about 40 s on this 2-core machine under other load, most of it the 1500 requests
+async def test_three_web_processes_one_scaler_answers_to_their_senders_and_a_kill_costs_only_its_own(
+    deployment: Deployment,
+) -> None:
+    a, b, c = deployment.webs
+    async with httpx.AsyncClient(timeout=90, limits=httpx.Limits(max_connections=CONCURRENCY + 8)) as client:
+        ready = [await readiness(client, web) for web in deployment.webs]
+        channels = [r["reply_channel"] for r in ready]
+        assert channels[0] == {"queue": "facerec-resp-queue", "own": False}  # the first keeps today's names
+        assert all(ch["own"] for ch in channels[1:]) and len({ch["queue"] for ch in channels}) == 3  # type: ignore[index]
+        leader_id = ready[0]["web_id"]
+        assert all(r["scaler_lease"] == {"held": r["web_id"] == leader_id, "holder": leader_id} for r in ready)
+
+        async with sampling(deployment):
+            # 1. Load spread over the three ports: every answer right, and at the process that was asked.
+            started = time.monotonic()
+            outcomes = await send_load(client, [a.port, b.port, c.port], REQUESTS)
+            elapsed = time.monotonic() - started
+            wrong = [o for o in outcomes if not o.correct]
+            assert not wrong, wrong[:5]
+            last_answer = max(o.done_at for o in outcomes)
+            idle_at = await until(lambda: _no_workers(deployment), 30, "back to 0 workers")
+            idle_s = idle_at - last_answer
+            report(
+                f"{REQUESTS} requests over 3 web processes in {elapsed:.1f} s; 0 workers {idle_s:.2f} s after the last"
+            )
+            assert idle_s < 10  # measured 1.0 s (issue: within 2 s); a loose bound for a loaded machine
+
+            # 2. A clean stop of the scaler's holder hands the lease over at once (released, not expired).
+            a.process.send_signal(signal.SIGINT)
+            assert a.process.wait(30) == 0
+            stopped = time.monotonic()
+            await until(lambda: _someone_leads(client, [b, c]), 20, "a new leader after a clean stop")
+            report(f"clean hand-over: {time.monotonic() - stopped:.2f} s")
+            leader, survivor = (b, c) if (await readiness(client, b))["scaler_lease"]["held"] else (c, b)  # type: ignore[index]
+            doomed_queue = (await readiness(client, leader))["reply_channel"]["queue"]  # type: ignore[index]
+
+            # 3. kill -9 of the new leader mid-load: the survivor answers all its own requests, takes the scaler
+            # over and scales; the dead process's requests fail at their clients, never as wrong answers.
+            progress: list[Outcome] = []
+            load = asyncio.create_task(send_load(client, [leader.port, survivor.port], 200, progress))
+            await until(lambda: _answered(progress, 40), 60, "load under way")
+            leader.process.kill()
+            killed = time.monotonic()
+            took_over = await until(lambda: _leads(client, survivor), 20, "the survivor takes the scaler over")
+            scaled = await until(lambda: _has_workers(client, survivor), 20, "the new leader runs workers")
+            outcomes = await load
+            takeover_s, scaled_s = took_over - killed, scaled - killed
+            report(f"kill -9 of the leader: lease taken over in {takeover_s:.2f} s, workers in {scaled_s:.2f} s")
+            assert takeover_s < 15 and scaled_s < 20  # design: TTL + TTL/3 = 4 s; loose here
+            survivors = [o for o in outcomes if o.port == survivor.port]
+            assert all(o.correct for o in survivors), [o for o in survivors if not o.correct][:5]
+            at_dead = [o for o in outcomes if o.port == leader.port]
+            assert all(o.correct or o.status is None for o in at_dead), [o for o in at_dead if not o.correct][:5]
+            assert any(o.status is None for o in at_dead) or all(o.correct for o in at_dead)
+
+            # The dead process's reply queue is reaped once its heartbeat is stale (web_stale_s, 5 s).
+            async with open_data_tier(Settings(data_dir=deployment.data_dir)) as data:
+                assert data.replies is not None
+                replies = data.replies
+
+                async def reaped() -> bool:
+                    return doomed_queue not in await replies.list()
+
+                await until(reaped, 30, "the dead process's reply queue reaped")
+
+    peak = max(count for _, count in deployment.samples)
+    report(f"worker processes: peak {peak} of {MAX_WORKERS} over {len(deployment.samples)} samples")
+    assert 0 < peak <= MAX_WORKERS
+
+
+async def _no_workers(deployment: Deployment) -> bool:
+    return bool(deployment.samples) and deployment.samples[-1][1] == 0
+
+
+async def _someone_leads(client: httpx.AsyncClient, webs: list[Web]) -> bool:
+    return any([await _leads(client, web) for web in webs])
+
+
+async def _leads(client: httpx.AsyncClient, web: Web) -> bool:
+    lease = (await readiness(client, web))["scaler_lease"]
+    return isinstance(lease, dict) and lease["held"] is True
+
+
+async def _has_workers(client: httpx.AsyncClient, web: Web) -> bool:
+    response = await client.get(f"{web.url}/v1/workers")
+    return response.status_code == 200 and response.json()["running"] + response.json()["starting"] > 0
+
+
+async def _answered(progress: list[Outcome], count: int) -> bool:
+    return len(progress) >= count

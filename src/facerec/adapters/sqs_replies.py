@@ -11,8 +11,9 @@ reaped) raises QueueNotFound.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -20,7 +21,7 @@ from botocore.exceptions import ClientError
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.s3_blob import aws_errors
 from facerec.adapters.sqs_queue import MISSING_QUEUE_CODES, SqsQueue
-from facerec.ports import PortError, QueueNotFound
+from facerec.ports import PortError, QueueNotFound, QueueStats, ReceivedMessage
 from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
 from facerec.settings import Settings
 
@@ -46,26 +47,47 @@ def _missing_queue(exc: PortError) -> bool:
 
 
 class SqsReplyQueue(SqsQueue):
-    """A reply queue's handle: a send to a queue that is gone raises QueueNotFound (not PortError), so a
-    worker acknowledges the request instead of retrying an answer nobody waits for."""
+    """A reply queue's handle: any call on a queue that is gone raises QueueNotFound (not PortError), so a worker
+    acknowledges the request instead of retrying an answer nobody waits for, and a web process whose queue was
+    reaped under it learns it at its next receive."""
 
     async def send(self, body: str) -> str:
-        try:
+        with self._gone_as_not_found():
             return await super().send(body)
-        except PortError as exc:
-            self._raise_if_gone(exc)
-            raise
 
     async def send_batch(self, bodies: Sequence[str]) -> builtins.list[str]:
-        try:
+        with self._gone_as_not_found():
             return await super().send_batch(bodies)
-        except PortError as exc:
-            self._raise_if_gone(exc)
-            raise
 
-    def _raise_if_gone(self, exc: PortError) -> None:
-        if _missing_queue(exc):
-            raise QueueNotFound(self.name) from exc
+    async def receive(
+        self, max_messages: int = 10, wait_seconds: float = 0.0, visibility_timeout: float | None = None
+    ) -> builtins.list[ReceivedMessage]:
+        with self._gone_as_not_found():
+            return await super().receive(max_messages, wait_seconds, visibility_timeout)
+
+    async def delete_batch(self, receipts: Sequence[str]) -> None:
+        with self._gone_as_not_found():
+            await super().delete_batch(receipts)
+
+    async def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
+        with self._gone_as_not_found():
+            await super().change_visibility(receipts, timeout_seconds)
+
+    async def stats(self) -> QueueStats:
+        with self._gone_as_not_found():
+            return await super().stats()
+
+    async def check(self) -> None:
+        await SqsQueue.stats(self)  # the port's PortError (naming the queue) for readiness, gone or not
+
+    @contextlib.contextmanager
+    def _gone_as_not_found(self) -> Iterator[None]:
+        try:
+            yield
+        except PortError as exc:
+            if _missing_queue(exc):
+                raise QueueNotFound(self.name) from exc
+            raise
 
 
 class SqsReplyQueues:

@@ -17,7 +17,7 @@ from facerec.adapters.sqs_replies import SqsReplyQueues
 from facerec.api_keys import create_key, list_keys
 from facerec.backend import open_data_tier
 from facerec.people import enrolled_people
-from facerec.ports import WebMember
+from facerec.ports import Lease, WebMember
 from facerec.settings import Settings
 from tests.aws import boto3_client, create_aws_resources, moto_clients, moto_settings, unique_name
 
@@ -82,6 +82,14 @@ async def test_list_follows_pages(moto_endpoint: str, aws: AwsClients, monkeypat
 # --- coordination -----------------------------------------------------------------------------------
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def member(web_id: str) -> WebMember:
     return WebMember(web_id, f"p-resp-{web_id}", 0, 1000.0, "10.0.0.1:8000", 42)
 
@@ -138,9 +146,35 @@ async def test_the_aws_data_tier_has_replies_and_coordination(moto_endpoint: str
 
 
 def test_aws_leases_and_heartbeats_allow_for_s3_round_trips() -> None:
-    """S3 between machines: a longer scaler lease and stale threshold on AWS, unless set (tests set them)."""
+    """S3 between machines: a longer scaler lease, heartbeat period and stale threshold on AWS, unless set."""
     aws, local = Settings(backend="aws"), Settings(backend="local")
-    assert (aws.lease_ttl_s, aws.web_stale_s) == (10.0, 15.0)
-    assert (local.lease_ttl_s, local.web_stale_s) == (3.0, 5.0)
-    assert Settings(backend="aws", lease_ttl_s=2, web_stale_s=4).lease_ttl_s == 2
-    assert aws.web_heartbeat_s < aws.lease_ttl_s / 3 < aws.web_stale_s
+    assert (aws.lease_ttl_s, aws.web_stale_s, aws.web_heartbeat_s) == (10.0, 15.0, 5.0)
+    assert (local.lease_ttl_s, local.web_stale_s, local.web_heartbeat_s) == (3.0, 5.0, 1.0)
+    chosen = Settings(backend="aws", lease_ttl_s=2, web_stale_s=4, web_heartbeat_s=0.5)
+    assert (chosen.lease_ttl_s, chosen.web_stale_s, chosen.web_heartbeat_s) == (2, 4, 0.5)
+    # A live process heartbeats (and renews its fixed-queue lease, whose TTL is web_stale_s) 3 times per TTL.
+    assert aws.web_stale_s >= 3 * aws.web_heartbeat_s
+
+
+async def test_a_renewal_is_one_conditional_write(moto_endpoint: str) -> None:
+    """The holder renews on the ETag of its own last write (no read); once another process took the lease over,
+    that write fails and the holder reads and loses, as it must."""
+    settings = fresh(moto_endpoint)
+    calls: list[str] = []
+
+    def record(service: str, operation: str, params: Mapping[str, Any]) -> None:
+        calls.append(operation)
+
+    clock = Clock()
+    async with AwsClients(settings, on_call=record) as one, moto_clients(moto_endpoint) as two:
+        first = S3Coordination(one, settings.gallery_bucket, clock=clock)
+        other = S3Coordination(two, settings.gallery_bucket, clock=clock)
+        assert await first.acquire("scaler", WEB_A, 3.0) is not None
+        calls.clear()
+        clock.now += 1
+        assert await first.acquire("scaler", WEB_A, 3.0) == Lease("scaler", WEB_A, clock.now + 3.0, 1)
+        assert calls == ["PutObject"]
+        clock.now += 10  # expired: the other process takes it over
+        assert await other.acquire("scaler", WEB_B, 3.0) == Lease("scaler", WEB_B, clock.now + 3.0, 2)
+        assert await first.acquire("scaler", WEB_A, 3.0) is None
+        assert (await first.lease("scaler")) == Lease("scaler", WEB_B, clock.now + 3.0, 2)

@@ -20,6 +20,7 @@ WEB_ID_PATTERN = "[0-9a-f]{12}"
 """A web process's id (random per start): names its reply queue `<prefix>-resp-<web id>`."""
 AWS_LEASE_TTL_S = 10.0
 AWS_WEB_STALE_S = 15.0
+AWS_WEB_HEARTBEAT_S = 5.0
 
 
 class Settings(BaseSettings):
@@ -285,15 +286,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _aws_coordination_defaults(self) -> Settings:
-        """On AWS, leases and heartbeats are S3 round trips (a read and a conditional write) between machines:
-        unless set, the scaler lease lives 10 s (renewed every 3.3 s, so a renewal has over 3 s to land, not 1)
-        and a web process is dead after 15 s of silence. Takeover after a kill -9 is then about 13 s: less than an
-        EC2 cold start. docs/reliability.md#several-web-processes-on-aws."""
+        """On AWS, leases and heartbeats are S3 requests between machines, which take longer and are billed: unless
+        set, the scaler lease lives 10 s (renewed every 3.3 s, so a renewal has over 3 s to land, not 1), a web
+        process heartbeats every 5 s (the extra heartbeat on a 0 <-> non-0 in-flight change still goes out at once)
+        and is dead after 15 s of silence. Takeover after a kill -9 is then about 13 s, less than an EC2 cold start.
+        docs/reliability.md#several-web-processes-on-aws."""
         if self.backend == "aws":
             if "lease_ttl_s" not in self.model_fields_set:
                 self.lease_ttl_s = AWS_LEASE_TTL_S
             if "web_stale_s" not in self.model_fields_set:
                 self.web_stale_s = AWS_WEB_STALE_S
+            if "web_heartbeat_s" not in self.model_fields_set:
+                self.web_heartbeat_s = AWS_WEB_HEARTBEAT_S
         return self
 
     @model_validator(mode="after")

@@ -98,6 +98,8 @@ class S3Coordination:
         self._aws = aws
         self.bucket = bucket
         self._clock = clock
+        self._written: dict[str, tuple[str, Lease]] = {}
+        """Lease name -> the ETag and lease of this adapter's last successful write of it (renewals need no read)."""
 
     # --- objects ----------------------------------------------------------------------------------
 
@@ -120,9 +122,11 @@ class S3Coordination:
             data = {}
         return (data if isinstance(data, dict) else {}), str(reply["ETag"])
 
-    async def _write(self, key: str, data: dict[str, Any], if_match: str | None = None, create: bool = False) -> bool:
-        """Put `data` as JSON. Conditional (`if_match` an ETag, or `create`: only if no object exists): False
-        when the condition did not hold."""
+    async def _write(
+        self, key: str, data: dict[str, Any], if_match: str | None = None, create: bool = False
+    ) -> str | None:
+        """Put `data` as JSON and return the new object's ETag. Conditional (`if_match` an ETag, or `create`: only
+        if no object exists): None when the condition did not hold."""
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
             "Key": key,
@@ -136,12 +140,12 @@ class S3Coordination:
         try:
             with aws_errors(f"s3 put {self.bucket}/{key}"):
                 s3 = await self._aws.s3()
-                await s3.put_object(**request)
+                reply = await s3.put_object(**request)
         except PortError as exc:
             if (if_match is not None or create) and _code(exc.__cause__) in LOST_RACE_CODES:
-                return False
+                return None
             raise
-        return True
+        return str(reply.get("ETag", ""))
 
     async def _delete(self, key: str) -> None:
         with aws_errors(f"s3 delete {self.bucket}/{key}"):
@@ -182,6 +186,13 @@ class S3Coordination:
 
     async def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
         key = lease_key(name)
+        mine = self._written.get(name)
+        if mine is not None and mine[1].holder == holder:
+            # A renewal: one conditional write on the ETag of our own last write, which holds only if nobody
+            # wrote the lease since (so we still hold it). Otherwise read what is there and decide as usual.
+            renewed = await self._put_lease(key, next_lease(mine[1], name, holder, ttl_s, self._clock()), mine[0])
+            if renewed is not None:
+                return renewed
         current = await self._read(key)
         now = self._clock()
         etag: str | None = None
@@ -190,19 +201,26 @@ class S3Coordination:
             data, etag = current
             # An unreadable record counts as expired and its token as 0: it is replaced, never a deadlock.
             last = _lease(data, key) or Lease(name, "", 0.0, 0)
-        lease = next_lease(last, name, holder, ttl_s, now)
+        return await self._put_lease(key, next_lease(last, name, holder, ttl_s, now), etag)
+
+    async def _put_lease(self, key: str, lease: Lease | None, etag: str | None) -> Lease | None:
+        """Write `lease` if the object is still `etag` (None: still absent); the lease, or None."""
         if lease is None:
             return None
-        record = {**asdict(lease), "nonce": uuid.uuid4().hex, "written_at": now}
-        if not await self._write(key, record, if_match=etag, create=etag is None):
-            log.debug("lease_race_lost", extra={"lease": name, "holder": holder})
+        record = {**asdict(lease), "nonce": uuid.uuid4().hex, "written_at": self._clock()}
+        written = await self._write(key, record, if_match=etag, create=etag is None)
+        if written is None:
+            self._written.pop(lease.name, None)
+            log.debug("lease_race_lost", extra={"lease": lease.name, "holder": lease.holder})
             return None
+        self._written[lease.name] = (written, lease)
         return lease
 
     async def release(self, name: str, holder: str) -> None:
         """Rewrite the lease as expired (same holder and token: the next holder's token still grows), only if
         `holder` still holds it; losing a race to a new holder is fine."""
         key = lease_key(name)
+        self._written.pop(name, None)
         current = await self._read(key)
         if current is None or current[0].get("holder") != holder:
             return

@@ -90,6 +90,8 @@ async def test_delete_drops_the_messages_and_the_queue(reply_queues: ReplyKit) -
         await replies.open(name)
     with pytest.raises(QueueNotFound):
         await queue.send("to a deleted queue")  # a handle held across the delete
+    with pytest.raises(QueueNotFound):
+        await queue.receive(10)  # its owner, reaped while it was away, learns it here
     assert await replies.list() == [kept]
     [message] = await other.receive(10, wait_seconds=2)
     assert message.body == "stays"

@@ -23,7 +23,7 @@ from facerec import keys
 from facerec.adapters.memory import MemoryQueue
 from facerec.backend import open_local_data_tier
 from facerec.messages import MAX_MESSAGE_BYTES, ErrorCode, RecognitionRequest
-from facerec.ports import DataTier, MessageQueue, QueueStats
+from facerec.ports import DataTier, MessageQueue, QueueNotFound, QueueStats
 from facerec.settings import Settings
 from facerec.testing import memory_data_tier
 from facerec.web.errors import ServiceError
@@ -287,3 +287,23 @@ def test_the_longest_request_with_the_longest_reply_to_fits_the_request_queue() 
 def test_reply_to_outside_the_queue_name_alphabet_is_invalid(reply_to: str) -> None:
     with pytest.raises(ValueError):
         RecognitionRequest(id="0" * 32, input_key="i", output_key="o", enqueued_at=0.0, reply_to=reply_to)
+
+
+@pytest.mark.parametrize("backend", ["memory", "local"])
+async def test_a_receive_waiting_on_a_reply_queue_raises_when_another_process_deletes_it(
+    backend: str, tmp_path: Path
+) -> None:
+    """A web process whose queue is reaped under it (it was taken for dead) learns it at once, not after a
+    20 s long poll of a queue that no longer exists."""
+    settings = make_settings(data_dir=tmp_path)
+    async with deployment(backend, settings) as view:
+        owner, reaper = view().replies, view().replies
+        assert owner is not None and reaper is not None
+        name = settings.reply_queue(new_web_id())
+        queue = await owner.create(name)
+        waiting = asyncio.create_task(queue.receive(10, wait_seconds=20))
+        await asyncio.sleep(0.1)  # the receive is waiting
+        assert not waiting.done()
+        await reaper.delete(name)
+        with pytest.raises(QueueNotFound):
+            await asyncio.wait_for(waiting, timeout=10)

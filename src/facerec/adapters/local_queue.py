@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS queue_signals (queue TEXT PRIMARY KEY, version INTEGE
 _SIGNAL = """
 INSERT INTO queue_signals (queue, version) VALUES (?, 1) ON CONFLICT (queue) DO UPDATE SET version = version + 1
 """
+SIGNAL_SQL = _SIGNAL
+"""Bumps a queue's row in `queue_signals` (parameter: the queue name), for modules that add queues."""
 
 # Oldest first (by visibility, then arrival). Receipts are fresh random handles per delivery.
 _VISIBLE = (
@@ -125,7 +127,12 @@ class _ChangeWatcher:
             self._wake(list(self._events))
             return
         self._data_version = data_version
-        changed = [queue for queue, version in versions.items() if self._versions.get(queue) != version]
+        # A row that disappeared counts too: a deleted reply queue wakes its waiters (they raise QueueNotFound).
+        changed = [
+            queue
+            for queue in versions.keys() | self._versions.keys()
+            if self._versions.get(queue) != versions.get(queue)
+        ]
         self._versions = versions
         self._wake(changed)
 
@@ -335,8 +342,13 @@ class SqliteQueue:
     def _insert(self, chunk: list[tuple[str, str]], connection: sqlite3.Connection) -> None:
         self.database.transaction(connection, lambda c: self._insert_rows(c, chunk))
 
+    def _check_exists(self, c: sqlite3.Connection) -> None:
+        """Raise QueueNotFound inside a send's or receive's transaction when the queue was deleted (the fixed
+        queues always exist; a reply queue overrides this)."""
+        return None
+
     def _insert_rows(self, c: sqlite3.Connection, chunk: list[tuple[str, str]]) -> None:
-        """The insert itself, inside a transaction (a reply queue checks that it still exists first)."""
+        self._check_exists(c)
         now = time.time()
         c.executemany(
             "INSERT INTO messages (queue, message_id, body, visible_at) VALUES (?, ?, ?, ?)",
@@ -365,6 +377,7 @@ class SqliteQueue:
         """Messages taken, and when the next hidden one becomes visible (wall clock) if none were."""
 
         def work(c: sqlite3.Connection) -> tuple[list[ReceivedMessage], float | None]:
+            self._check_exists(c)
             now = time.time()
             taken: list[ReceivedMessage] = []
             # Like SQS, a message over max_receives moves to the dead-letter queue when a receive reaches it;

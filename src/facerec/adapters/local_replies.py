@@ -2,16 +2,17 @@
 
 A queue is a registry row (`reply_queues`) plus its messages, which are ordinary `messages` rows carrying the
 queue's name, so receiving, visibility and wake-ups are `SqliteQueue`'s. The registry is what makes a deleted
-queue gone for everyone at once: `open` of a name without a row raises QueueNotFound, and a send checks the row
-in the same transaction as its insert, so a worker holding a handle of a reaped queue gets QueueNotFound instead
-of leaving messages nobody will read (SQS's QueueDoesNotExist)."""
+queue gone for everyone at once: `open` of a name without a row raises QueueNotFound, and a send or receive checks the
+row in the same transaction as its insert or claim, so a worker holding a handle of a reaped queue gets
+QueueNotFound instead of leaving messages nobody will read, and so does a process reading a queue that was
+reaped under it (SQS's QueueDoesNotExist)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 
-from facerec.adapters.local_queue import SqliteDatabase, SqliteQueue
+from facerec.adapters.local_queue import SIGNAL_SQL, SqliteDatabase, SqliteQueue
 from facerec.messages import MAX_RESPONSE_BYTES
 from facerec.ports import QueueNotFound
 from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
@@ -21,15 +22,12 @@ _EXISTS = "SELECT 1 FROM reply_queues WHERE name = ?"
 
 
 class SqliteReplyQueue(SqliteQueue):
-    """A reply queue: sends fail with QueueNotFound once the queue is deleted."""
+    """A reply queue: sends and receives fail with QueueNotFound once the queue is deleted (its owner learns
+    that it was reaped; a worker, that nobody waits for the answer)."""
 
-    def _insert(self, chunk: list[tuple[str, str]], connection: sqlite3.Connection) -> None:
-        def work(c: sqlite3.Connection) -> None:
-            if c.execute(_EXISTS, (self.name,)).fetchone() is None:
-                raise QueueNotFound(self.name)
-            self._insert_rows(c, chunk)
-
-        self.database.transaction(connection, work)
+    def _check_exists(self, c: sqlite3.Connection) -> None:
+        if c.execute(_EXISTS, (self.name,)).fetchone() is None:
+            raise QueueNotFound(self.name)
 
 
 class SqliteReplyQueues:
@@ -69,6 +67,8 @@ class SqliteReplyQueues:
 
         def work(c: sqlite3.Connection) -> None:
             c.execute("INSERT OR IGNORE INTO reply_queues (name, created_at) VALUES (?, ?)", (name, time.time()))
+            # Its signal row from the start: deleting the row at `delete` is what wakes a receive waiting on it.
+            c.execute(SIGNAL_SQL, (name,))
 
         await self.database.run(lambda c: self.database.transaction(c, work))
         return self._queue(name)

@@ -205,9 +205,15 @@ class MemoryCoordination:
 
 
 class MemoryReplyQueue(MemoryQueue):
-    """A per-process reply queue: once deleted, sending to it raises QueueNotFound (as SQS does)."""
+    """A per-process reply queue: once deleted, sending to it or receiving from it raises QueueNotFound (as SQS
+    does), also in a receive that was waiting when the queue was deleted."""
 
     deleted = False
+
+    def _take(self, max_messages: int, visibility_timeout: float) -> list[ReceivedMessage]:
+        if self.deleted:
+            raise QueueNotFound(self.name)
+        return super()._take(max_messages, visibility_timeout)
 
     async def send(self, body: str) -> str:
         if self.deleted:
@@ -261,6 +267,7 @@ class MemoryReplyQueues:
         if queue is not None:
             queue.deleted = True
             queue._messages.clear()
+            queue._arrived.set()  # a receive waiting on it raises now, not at its next check
 
     async def list(self) -> list[str]:
         return sorted(name for name in self._queues if is_process_reply_queue(self.prefix, name))

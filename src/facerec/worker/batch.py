@@ -86,6 +86,8 @@ def reply_to(message: ReceivedMessage) -> str | None:
     """The queue a delivery asks to be answered on (`RecognitionRequest.reply_to`), read from the body as it is,
     so that the error answer to a body too broken to be a request also goes back to whoever waits for it. None:
     the fixed response queue. Whether the name may be used is the worker's check (`Settings.is_reply_queue`)."""
+    if '"reply_to"' not in message.body:
+        return None  # the one-process deployment's messages: no second parse (a key spelt with escapes: fixed queue)
     try:
         data = json.loads(message.body)
     except ValueError:

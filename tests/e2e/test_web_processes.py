@@ -235,7 +235,6 @@ async def test_three_web_processes_one_scaler_answers_to_their_senders_and_a_kil
             assert all(o.correct for o in survivors), [o for o in survivors if not o.correct][:5]
             at_dead = [o for o in outcomes if o.port == leader.port]
             assert all(o.correct or o.status is None for o in at_dead), [o for o in at_dead if not o.correct][:5]
-            assert any(o.status is None for o in at_dead) or all(o.correct for o in at_dead)
 
             # The dead process's reply queue is reaped once its heartbeat is stale (web_stale_s, 5 s).
             async with open_data_tier(Settings(data_dir=deployment.data_dir)) as data:

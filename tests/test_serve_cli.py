@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from facerec.cli.serve import banner
+from facerec.cli.serve import banner, deployment_line
+from facerec.ports import Lease, WebMember
 from facerec.recognition.gallery import Gallery, GalleryMeta
 from facerec.settings import Settings
 from tests.e2e.processes import free_port, interrupt, wait_for_http
@@ -99,3 +100,22 @@ def test_banner_says_management_needs_a_key_only_when_other_machines_can_reach_i
     loopback = "\n".join(banner(Settings(data_dir=tmp_path), None))
     assert "facerec keys create --role manage" in public
     assert "keys" not in loopback
+
+
+def test_the_banner_says_whether_serve_starts_a_deployment_or_joins_one() -> None:
+    settings = Settings(port=8000, web_stale_s=5)
+    now = 1_800_000_000.0
+    first = deployment_line(settings, "aaaaaaaaaaaa", [], None, now)
+    assert first.startswith("deployment: first web process (as web id aaaaaaaaaaaa)")
+    assert "`facerec serve --port 8001` with the same data directory" in first
+    running = [
+        WebMember("bbbbbbbbbbbb", "facerec-resp-queue", 2, now - 1, "127.0.0.1:8000", 11),
+        WebMember("cccccccccccc", "facerec-resp-cccccccccccc", 0, now - 60, "127.0.0.1:8002", 12),  # dead
+    ]
+    joined = deployment_line(settings, "aaaaaaaaaaaa", running, Lease("scaler", "bbbbbbbbbbbb", now + 2, 1), now)
+    assert joined == (
+        "deployment: joins 1 running web process (bbbbbbbbbbbb at 127.0.0.1:8000) as web id aaaaaaaaaaaa; "
+        "the scaler runs in bbbbbbbbbbbb at 127.0.0.1:8000"
+    )
+    lapsed = deployment_line(settings, None, running, Lease("scaler", "bbbbbbbbbbbb", now - 1, 1), now, processes=3)
+    assert "as 3 web processes on this port" in lapsed and "the scaler goes to the first process that asks" in lapsed

@@ -61,8 +61,11 @@ class Leadership:
         self._changed.clear()
 
     async def _attempt(self, within_s: float) -> Lease | BaseException | None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as the
+        # call completes, and this loop would then never stop.
         try:
-            return await asyncio.wait_for(self.coordination.acquire(self.name, self.holder, self.ttl_s), within_s)
+            async with asyncio.timeout(within_s):
+                return await self.coordination.acquire(self.name, self.holder, self.ttl_s)
         except (PortError, TimeoutError) as exc:
             return exc
 
@@ -96,12 +99,17 @@ class Leadership:
                 log.error("lease_term_failed", extra={"lease": self.name, "error": error_text(failure)})
                 # Step down so another process can try; this one tries again after a pause.
                 with contextlib.suppress(PortError, TimeoutError):
-                    await asyncio.wait_for(self.coordination.release(self.name, self.holder), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await self.coordination.release(self.name, self.holder)
         finally:
-            for task in (hold, term):  # the term ends (fleet closed) before the lease can be given up
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # The term ends (fleet closed) before the lease can be given up. asyncio.wait rather than awaiting the
+            # tasks: their own cancellation must not be mistaken for (and swallow) a cancellation of this one.
+            hold.cancel()
+            term.cancel()
+            await asyncio.wait({hold, term})
+            for task in (hold, term):
+                if not task.cancelled():
+                    task.exception()  # retrieved: already logged above when it matters
             self.lease = None
             self._changed.set()
             log.info("lease_term_ended", extra={"lease": self.name, "holder": self.holder})

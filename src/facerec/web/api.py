@@ -400,6 +400,9 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: image store and queues reachable, response poller running",
+    description="Also says where this process's answers arrive (`reply_channel`: the fixed response queue, or its "
+    "own `<prefix>-resp-<web id>`) and, in a deployment of several web processes, its `web_id`, how many `members` "
+    "are live and who holds the `scaler_lease` (null for a lone process, which runs its scaler without one).",
     responses={503: {"description": "Some dependency failed its check; the body says which."}},
 )
 async def readyz(request: Request) -> JSONResponse:

@@ -240,12 +240,14 @@ class Deployment:
             try:
                 if now >= next_beat or busy != self._reported_busy:
                     next_beat = now + period
-                    await asyncio.wait_for(self.heartbeat(), CALL_TIMEOUT_S)
+                    async with asyncio.timeout(CALL_TIMEOUT_S):  # not wait_for: see scaler.leadership
+                        await self.heartbeat()
                 if now >= next_read:
                     next_read = now + (period / 4 if self.fresh_members else period)
                     orphans = now >= next_orphans
                     if orphans:
                         next_orphans = now + self.settings.web_stale_s
-                    await asyncio.wait_for(self.sweep(orphans=orphans), CALL_TIMEOUT_S)
+                    async with asyncio.timeout(CALL_TIMEOUT_S):
+                        await self.sweep(orphans=orphans)
             except (PortError, TimeoutError) as exc:
                 log.warning("web_heartbeat_failed", extra={"web_id": self.web_id, "error": error_text(exc)})

@@ -61,11 +61,14 @@ def interrupt(process: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, 
 
 
 def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (Linux /proc)."""
+    """pid -> (parent pid, command line) of every live process (Linux /proc; zombies, already exited, left out)."""
     table: dict[int, tuple[int, str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] in ("Z", "X"):
+                continue
+            parent = int(fields[1])
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
@@ -92,7 +95,10 @@ class WorkerCensus:
         self.ours: dict[int, bool] = {}
 
     def count(self, web_pids: set[int]) -> int:
-        workers = 0
+        return len(self.workers(web_pids))
+
+    def workers(self, web_pids: set[int]) -> list[int]:
+        workers: list[int] = []
         for pid, (parent, cmdline) in process_table().items():
             if "facerec.worker" not in cmdline:
                 continue
@@ -103,5 +109,5 @@ class WorkerCensus:
             if "facerec.worker.template" in cmdline and (parent in web_pids or pid in self.templates):
                 self.templates.add(pid)
                 continue
-            workers += 1
+            workers.append(pid)
         return workers

@@ -85,29 +85,37 @@ def environment_has(pid: int, entry: str) -> bool:
 
 
 class WorkerCensus:
-    """Counts the app-tier worker processes of one local deployment (data directory), whoever their parent is:
-    a worker orphaned by a killed web process still counts. Forked workers share their template's command line,
-    so a template is recognised by its parent (a web process) when first seen, and remembered."""
+    """Counts the app-tier worker processes of one local deployment (data directory), whoever their parent is now:
+    a worker orphaned by a killed web process still counts. A worker is a process started by a web process
+    (spawned) or forked by a worker template (itself started by a web process), first seen as such and then
+    remembered; anything a worker forks in turn (e.g. ctypes running `ldconfig`) is not a worker."""
 
     def __init__(self, data_dir: Path) -> None:
         self.entry = f"FACEREC_DATA_DIR={data_dir}"
         self.templates: set[int] = set()
+        self.known: set[int] = set()
         self.ours: dict[int, bool] = {}
 
     def count(self, web_pids: set[int]) -> int:
         return len(self.workers(web_pids))
 
     def workers(self, web_pids: set[int]) -> list[int]:
-        workers: list[int] = []
-        for pid, (parent, cmdline) in process_table().items():
-            if "facerec.worker" not in cmdline:
-                continue
-            if pid not in self.ours:
-                self.ours[pid] = environment_has(pid, self.entry)
-            if not self.ours[pid]:
-                continue
-            if "facerec.worker.template" in cmdline and (parent in web_pids or pid in self.templates):
+        table = process_table()
+        # Templates first: a worker forked since the last look is recognised by its parent in the same look.
+        for pid, (parent, cmdline) in table.items():
+            if "facerec.worker.template" in cmdline and parent in web_pids and self._ours(pid):
                 self.templates.add(pid)
+        workers: list[int] = []
+        for pid, (parent, cmdline) in table.items():
+            if pid in self.templates or "facerec.worker" not in cmdline:
                 continue
-            workers.append(pid)
+            spawned = parent in web_pids and "facerec.worker.template" not in cmdline
+            if pid in self.known or ((parent in self.templates or spawned) and self._ours(pid)):
+                self.known.add(pid)
+                workers.append(pid)
         return workers
+
+    def _ours(self, pid: int) -> bool:
+        if pid not in self.ours:
+            self.ours[pid] = environment_has(pid, self.entry)
+        return self.ours[pid]

@@ -61,11 +61,14 @@ def interrupt(process: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, 
 
 
 def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (Linux /proc)."""
+    """pid -> (parent pid, command line) of every live process (Linux /proc; zombies, already exited, left out)."""
     table: dict[int, tuple[int, str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] in ("Z", "X"):
+                continue
+            parent = int(fields[1])
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
@@ -82,26 +85,37 @@ def environment_has(pid: int, entry: str) -> bool:
 
 
 class WorkerCensus:
-    """Counts the app-tier worker processes of one local deployment (data directory), whoever their parent is:
-    a worker orphaned by a killed web process still counts. Forked workers share their template's command line,
-    so a template is recognised by its parent (a web process) when first seen, and remembered."""
+    """Counts the app-tier worker processes of one local deployment (data directory), whoever their parent is now:
+    a worker orphaned by a killed web process still counts. A worker is a process started by a web process
+    (spawned) or forked by a worker template (itself started by a web process), first seen as such and then
+    remembered; anything a worker forks in turn (e.g. ctypes running `ldconfig`) is not a worker."""
 
     def __init__(self, data_dir: Path) -> None:
         self.entry = f"FACEREC_DATA_DIR={data_dir}"
         self.templates: set[int] = set()
+        self.known: set[int] = set()
         self.ours: dict[int, bool] = {}
 
     def count(self, web_pids: set[int]) -> int:
-        workers = 0
-        for pid, (parent, cmdline) in process_table().items():
-            if "facerec.worker" not in cmdline:
-                continue
-            if pid not in self.ours:
-                self.ours[pid] = environment_has(pid, self.entry)
-            if not self.ours[pid]:
-                continue
-            if "facerec.worker.template" in cmdline and (parent in web_pids or pid in self.templates):
+        return len(self.workers(web_pids))
+
+    def workers(self, web_pids: set[int]) -> list[int]:
+        table = process_table()
+        # Templates first: a worker forked since the last look is recognised by its parent in the same look.
+        for pid, (parent, cmdline) in table.items():
+            if "facerec.worker.template" in cmdline and parent in web_pids and self._ours(pid):
                 self.templates.add(pid)
+        workers: list[int] = []
+        for pid, (parent, cmdline) in table.items():
+            if pid in self.templates or "facerec.worker" not in cmdline:
                 continue
-            workers += 1
+            spawned = parent in web_pids and "facerec.worker.template" not in cmdline
+            if pid in self.known or ((parent in self.templates or spawned) and self._ours(pid)):
+                self.known.add(pid)
+                workers.append(pid)
         return workers
+
+    def _ours(self, pid: int) -> bool:
+        if pid not in self.ours:
+            self.ours[pid] = environment_has(pid, self.entry)
+        return self.ours[pid]

@@ -264,8 +264,10 @@ class LocalFleet:
         if self._closed:
             raise PortError("fleet is closed")
         self._reap()
-        active = sum(1 for w in self._workers if w.stop_requested_at is None)
-        started = [await self._launch() for _ in range(max(0, min(count, self.max_workers - active)))]
+        # Every worker process still alive counts, stopping ones included: a stopping worker finishes its batch on
+        # a core, and `max_workers` bounds the processes on this machine (the scaler asks again once it exited).
+        alive = len(self._workers)
+        started = [await self._launch() for _ in range(max(0, min(count, self.max_workers - alive)))]
         return [w.info() for w in started]
 
     async def stop(self, worker_ids: Sequence[str]) -> None:

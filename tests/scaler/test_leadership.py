@@ -90,7 +90,7 @@ async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_expires() 
     leader = Leadership(flaky, "aaaaaaaaaaaa", TTL, terms.term("aaaaaaaaaaaa"))
     follower = Leadership(shared, "bbbbbbbbbbbb", TTL, terms.term("bbbbbbbbbbbb"))
     async with running(leader), running(follower):
-        await until(lambda: leader.leading)
+        await until(lambda: "aaaaaaaaaaaa" in terms.running)  # leading, and its term has started
         lease = leader.lease
         assert lease is not None
         flaky.failing = True  # the store is unreachable from the leader only

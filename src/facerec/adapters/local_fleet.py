@@ -7,7 +7,9 @@ per worker (several seconds of imports each). When the template dies the fleet l
 starts a new template; a template that dies before it is ever ready is not restarted (spawn from then on).
 
 A worker is `pending` from its start until it creates its ready file (model loaded, data tier open), then
-`running`; after `stop()` it is `stopping` until it exits, and once reaped it disappears from `list()`.
+`running`; after `stop()` it is `stopping` until it exits, and once reaped it disappears from `list()`. A
+stopping worker still counts against `max_workers` in `start()`: the worker processes on this machine never
+exceed the maximum, even when a scale-out follows a scale-in at once.
 `list()` only polls (no waiting), because the scaler calls it several times a second.
 """
 

@@ -190,7 +190,10 @@ async def test_three_web_processes_one_scaler_answers_to_their_senders_and_a_kil
     deployment: Deployment,
 ) -> None:
     a, b, c = deployment.webs
-    async with httpx.AsyncClient(timeout=90, limits=httpx.Limits(max_connections=CONCURRENCY + 8)) as client:
+    # Idle connections are dropped after 1 s, well before uvicorn closes them (5 s): a request sent on a connection
+    # the server is closing at that moment fails with ReadError, a client-side race that is no lost answer.
+    limits = httpx.Limits(max_connections=CONCURRENCY + 8, keepalive_expiry=1.0)
+    async with httpx.AsyncClient(timeout=90, limits=limits) as client:
         ready = [await readiness(client, web) for web in deployment.webs]
         channels = [r["reply_channel"] for r in ready]
         assert channels[0] == {"queue": "facerec-resp-queue", "own": False}  # the first keeps today's names
@@ -289,7 +292,7 @@ async def test_web_processes_behind_one_port_form_one_deployment_and_ctrl_c_stop
     web = start_web(data_dir, tmp_path, port=port, web_processes=2)
     try:
         wait_for_http(f"{web.url}/readyz", 60, web.process, web.log)
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(keepalive_expiry=1.0)) as client:
             outcomes = await send_load(client, [port], 8)
             assert all(o.correct for o in outcomes), [o for o in outcomes if not o.correct][:5]
             seen: dict[str, dict[str, object]] = {}

@@ -144,8 +144,13 @@ class Outcome:
 
 
 async def send_load(
-    client: httpx.AsyncClient, ports: list[int], count: int, progress: list[Outcome] | None = None
+    client: httpx.AsyncClient,
+    ports: list[int],
+    count: int,
+    progress: list[Outcome] | None = None,
+    retried: list[str] | None = None,
 ) -> list[Outcome]:
+    """`retried`: resend (once) a request whose connection broke before any answer, and list it there."""
     limit = asyncio.Semaphore(CONCURRENCY)
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     outcomes = progress if progress is not None else []
@@ -154,11 +159,16 @@ async def send_load(
         port, name = ports[index % len(ports)], NAMES[index % len(NAMES)]
         stem = f"p{port}_{index}"
         async with limit:
-            try:
-                response = await client.post(f"http://127.0.0.1:{port}/", content=upload(stem, name), headers=headers)
-                status, body = response.status_code, response.text.strip()
-            except httpx.HTTPError as exc:
-                status, body = None, type(exc).__name__
+            for attempt in range(2 if retried is not None else 1):
+                try:
+                    url = f"http://127.0.0.1:{port}/"
+                    response = await client.post(url, content=upload(stem, name), headers=headers)
+                    status, body = response.status_code, response.text.strip()
+                    break
+                except httpx.TransportError as exc:
+                    status, body = None, type(exc).__name__
+                    if retried is not None and attempt == 0:
+                        retried.append(f"{stem}: {body}")
         outcomes.append(Outcome(port, stem, name, status, body, time.monotonic()))
 
     await asyncio.gather(*(one(index) for index in range(count)))
@@ -190,7 +200,10 @@ async def test_three_web_processes_one_scaler_answers_to_their_senders_and_a_kil
     deployment: Deployment,
 ) -> None:
     a, b, c = deployment.webs
-    async with httpx.AsyncClient(timeout=90, limits=httpx.Limits(max_connections=CONCURRENCY + 8)) as client:
+    # Idle connections are dropped after 1 s, well before uvicorn closes them (5 s): a request sent on a connection
+    # the server is closing at that moment fails with ReadError, a client-side race that is no lost answer.
+    limits = httpx.Limits(max_connections=CONCURRENCY + 8, keepalive_expiry=1.0)
+    async with httpx.AsyncClient(timeout=90, limits=limits) as client:
         ready = [await readiness(client, web) for web in deployment.webs]
         channels = [r["reply_channel"] for r in ready]
         assert channels[0] == {"queue": "facerec-resp-queue", "own": False}  # the first keeps today's names
@@ -201,16 +214,20 @@ async def test_three_web_processes_one_scaler_answers_to_their_senders_and_a_kil
         async with sampling(deployment):
             # 1. Load spread over the three ports: every answer right, and at the process that was asked.
             started = time.monotonic()
-            outcomes = await send_load(client, [a.port, b.port, c.port], REQUESTS)
+            # Under heavy machine load about 1 request in 2000 saw its connection break while its upload was being
+            # read (server: ClientDisconnect before the request was registered; client: ReadError): nothing was
+            # sent for it, so resending it is safe; such resends are counted and bounded, never hidden.
+            retried: list[str] = []
+            outcomes = await send_load(client, [a.port, b.port, c.port], REQUESTS, retried=retried)
             elapsed = time.monotonic() - started
             wrong = [o for o in outcomes if not o.correct]
             assert not wrong, wrong[:5]
             last_answer = max(o.done_at for o in outcomes)
             idle_at = await until(lambda: _no_workers(deployment), 30, "back to 0 workers")
+            assert len(retried) <= 3, retried
             idle_s = idle_at - last_answer
-            report(
-                f"{REQUESTS} requests over 3 web processes in {elapsed:.1f} s; 0 workers {idle_s:.2f} s after the last"
-            )
+            report(f"{REQUESTS} requests over 3 web processes in {elapsed:.1f} s, {len(retried)} resent")
+            report(f"0 workers {idle_s:.2f} s after the last answer")
             assert idle_s < 10  # measured 1.0 s (issue: within 2 s); a loose bound for a loaded machine
 
             # 2. A clean stop of the scaler's holder hands the lease over at once (released, not expired).
@@ -289,7 +306,7 @@ async def test_web_processes_behind_one_port_form_one_deployment_and_ctrl_c_stop
     web = start_web(data_dir, tmp_path, port=port, web_processes=2)
     try:
         wait_for_http(f"{web.url}/readyz", 60, web.process, web.log)
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(keepalive_expiry=1.0)) as client:
             outcomes = await send_load(client, [port], 8)
             assert all(o.correct for o in outcomes), [o for o in outcomes if not o.correct][:5]
             seen: dict[str, dict[str, object]] = {}

@@ -94,6 +94,9 @@ def opencv_net(graph_path: Path) -> Any:
     """OpenCV DNN's reading of the original frozen graph (parsed once: it is 90 MB)."""
     import cv2  # opencv-python-headless, a test dependency
 
+    # One thread: OpenCV's own worker pool, left waiting beside torch's, made the next torch forward passes in
+    # this process several times slower on 2 cores (measured: 2 zero crops 0.4 s -> 5.8 s).
+    cv2.setNumThreads(1)
     return cv2.dnn.readNetFromTensorflow(str(graph_path))
 
 

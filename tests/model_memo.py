@@ -5,7 +5,8 @@ all detect and embed (parts of) the same photos with the same weights. Detection
 functions of their input (the pixels, the detector's settings; the crop, the weights), so their results are
 kept here, keyed on exactly that input, and every test still runs its whole pipeline (CLI, enrollment rule,
 gallery, thresholds) on them: only the recomputation of an identical input is saved. The loaded weights are
-shared too (a Recognizer folds its batch norms in place, which is idempotent).
+shared too (a Recognizer folds its batch norms in place, which is idempotent): `real_model` gives every
+`real_recognizer` the session's one copy, so the real weights are read and folded once per session.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ def _memoised_load(real: Callable[[Settings], torch.nn.Module]) -> Callable[[Set
         return _models[key]
 
     return load_embedding_model
+
+
+# Captured at import: a test's own patch of `weights.load_embedding_model` must not leak into the shared copy.
+real_model = _memoised_load(weights.load_embedding_model)
+"""The weights `settings` name, loaded on first use and shared for the rest of the session."""
 
 
 def memoise_model_work(monkeypatch: pytest.MonkeyPatch) -> None:

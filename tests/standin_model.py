@@ -58,5 +58,11 @@ def install_standin_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def real_recognizer(settings: Settings | None = None, gallery: Gallery | None = None) -> Recognizer:
-    """The recognizer with the casia-webface weights (converted into the cache on first use)."""
-    return Recognizer(settings or Settings(), gallery)
+    """The recognizer with the casia-webface weights (converted into the cache on first use), as
+    `Recognizer(settings)` builds it, but with the session's one loaded copy of the weights (tests/model_memo.py):
+    reading and folding them costs ~2 s per recognizer on this machine, and they never change."""
+    from facerec.recognition.weights import weights_id
+    from tests.model_memo import real_model
+
+    settings = settings or Settings()
+    return Recognizer(settings, gallery, model=real_model(settings), model_id=weights_id(settings))

@@ -20,6 +20,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
+def memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same few photos are enrolled and recognized several times over: detected and embedded once per
+    session (tests/model_memo.py); every command still runs its whole pipeline around them."""
+    memoise_model_work(monkeypatch)
+
+
+@pytest.fixture
 def people_dir(tmp_path: Path, lfw_people: dict[str, list[Path]]) -> Path:
     """3 people x 1 photo (copied into tmp), plus a folder whose photos are unusable."""
     root = tmp_path / "people"
@@ -34,6 +41,7 @@ def people_dir(tmp_path: Path, lfw_people: dict[str, list[Path]]) -> Path:
     return root
 
 
+@pytest.mark.usefixtures("memo")
 def test_enroll_then_recognize(people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_standin_weights(monkeypatch)
     gallery = tmp_path / "gallery.pt"
@@ -70,6 +78,7 @@ def test_enroll_then_recognize(people_dir: Path, tmp_path: Path, monkeypatch: py
     assert json.loads(with_error.stdout)[0]["error"]["code"] == "not_an_image"
 
 
+@pytest.mark.usefixtures("memo")
 def test_enroll_skips_a_photo_with_two_faces_like_the_api(
     tmp_path: Path, lfw_people: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,6 +108,7 @@ def test_per_person_limit_takes_the_first_sorted_photos(tmp_path: Path) -> None:
     assert len(person_photos(tmp_path, per_person=None)["a"]) == 3
 
 
+@pytest.mark.usefixtures("memo")
 def test_recognize_refuses_a_gallery_from_other_settings(
     people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +159,7 @@ def test_lfw_small_accuracy_with_the_real_weights(
     assert len(wrong) <= 1, wrong
 
 
+@pytest.mark.usefixtures("memo")
 def test_enroll_into_the_gallery_store(people_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 

@@ -13,6 +13,7 @@ from facerec.recognition.gallery import Gallery, GalleryMeta, GalleryMismatch
 from facerec.recognition.results import NO_FACE, UNKNOWN, FaceResult, ImageRejected
 from facerec.settings import Settings
 from facerec.testing import jpeg_bytes, png_header_only
+from tests.model_memo import memoise_model_work
 from tests.standin_model import standin_recognizer
 
 # The real model on a busy 2-core machine (CI, or a benchmark beside it) needs more than the default 60 s.
@@ -38,17 +39,29 @@ def images(cse546_images: dict[str, bytes]) -> list[bytes]:
     return list(dict.fromkeys(cse546_images.values()))  # the 10 unique photos, in a fixed order
 
 
+@pytest.fixture
+def memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests about what happens around detection and embedding (ordering, galleries, thresholds, input
+    types): each distinct photo is detected and embedded once per session (tests/model_memo.py). Not for the
+    tests about batching, warm-up or stage times, which are about the model's own work."""
+    memoise_model_work(monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def enrolled(images: list[bytes]):  # type: ignore[no-untyped-def]
-    """A recognizer whose gallery holds each test photo as its own person."""
+    """A recognizer whose gallery holds each test photo as its own person (embedded through the memo, so that the
+    `memo` tests find every photo there; the one-at-a-time comparison still computes its own)."""
     recognizer = standin_recognizer()
-    vectors = recognizer.embed(images)
+    with pytest.MonkeyPatch.context() as patch:
+        memoise_model_work(patch)
+        vectors = recognizer.embed(images)
     assert all(isinstance(v, np.ndarray) for v in vectors)
     people = {f"person{i}": [v] for i, v in enumerate(vectors)}
     recognizer.gallery = Gallery.from_people(people, recognizer.gallery_meta())  # type: ignore[arg-type]
     return recognizer
 
 
+@pytest.mark.usefixtures("memo")
 def test_bad_inputs_get_typed_outcomes_in_order(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     batch = [
         b"",
@@ -89,17 +102,20 @@ def test_batched_equals_one_at_a_time(enrolled, images: list[bytes]) -> None:  #
     assert max(alone.distance for alone in single) < 1e-4
 
 
+@pytest.mark.usefixtures("memo")
 def test_embeddings_are_unit_length(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     vectors = np.stack(enrolled.embed(images[:3]))
     assert vectors.shape == (3, 512) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.usefixtures("memo")
 def test_empty_gallery_answers_unknown(images: list[bytes]) -> None:
     outcome = standin_recognizer().recognize(images[:1])[0]
     assert isinstance(outcome, FaceResult) and outcome.name == UNKNOWN and outcome.unknown
 
 
+@pytest.mark.usefixtures("memo")
 def test_threshold_turns_far_matches_into_unknown(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     others = Gallery(enrolled.gallery.names[1:], enrolled.gallery.embeddings[1:], enrolled.gallery.meta)
     loose = standin_recognizer(Settings(unknown_threshold=10.0), others).recognize([images[0]])[0]
@@ -116,6 +132,7 @@ def test_gallery_from_other_settings_is_refused() -> None:
         standin_recognizer(gallery=other)
 
 
+@pytest.mark.usefixtures("memo")
 def test_large_photo_is_detected_on_a_copy_and_boxed_in_original_pixels(
     enrolled,  # type: ignore[no-untyped-def]
     images: list[bytes],
@@ -127,6 +144,7 @@ def test_large_photo_is_detected_on_a_copy_and_boxed_in_original_pixels(
     assert np.array(big_result.box) == pytest.approx(np.array(small_result.box) * 20, abs=40)
 
 
+@pytest.mark.usefixtures("memo")
 def test_pil_images_are_accepted(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     outcome = enrolled.recognize([Image.open(io.BytesIO(images[2]))])[0]
     assert outcome.name == "person2"
@@ -150,6 +168,7 @@ def test_warm_up_runs_the_embedding_model_and_the_detector(
     assert record.seconds >= 0
 
 
+@pytest.mark.usefixtures("memo")
 def test_a_gallery_replaced_during_a_batch_never_mislabels_it(enrolled, images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     """Enrollment replaces the gallery from another thread while a batch runs: names must come from the gallery
     the distances were computed in. "Aaron" sorts first, so in the new gallery every old index names someone

@@ -16,9 +16,19 @@ from facerec.recognition.gallery import Gallery
 from facerec.recognition.results import UNKNOWN, FaceResult, ImageRejected, Verification, VerifyInput, Wanted
 from facerec.settings import Settings
 from facerec.testing import jpeg_bytes
+from tests.model_memo import memoise_model_work
 from tests.standin_model import STANDIN_ID, real_recognizer, standin_recognizer
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def each_photo_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests send the same photo many times (verify pairs it with every other, and it is enrolled too):
+    detection and embedding are pure, so each distinct photo is detected and embedded once (tests/model_memo.py)
+    and every request still runs the whole pipeline around them. Batched against one-at-a-time is
+    tests/test_recognizer.py's question, asked there without the memo."""
+    memoise_model_work(monkeypatch)
 
 
 def side_by_side(*photos: bytes) -> bytes:

@@ -13,13 +13,17 @@ from PIL import Image
 from facerec.recognition.results import NOT_ONE_FACE, Enrollment, ImageRejected
 from facerec.settings import Settings
 from facerec.testing import side_by_side
+from tests.model_memo import memoise_model_work
 from tests.standin_model import real_recognizer
 
 
 @pytest.mark.timeout(180)  # the real model, on a possibly busy machine
 def test_enroll_needs_exactly_one_face_and_enrolled_people_are_recognized(
-    lfw_people: dict[str, list[Path]],
+    lfw_people: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Other tests detect (and embed with these weights) the same lfw photos and the same two-face pair: each is
+    # computed once per session (tests/model_memo.py); enrollment's rules still run on what they answer.
+    memoise_model_work(monkeypatch)
     # One photo per person: image-to-image distances run larger than the 3-photo means the Unknown threshold is
     # calibrated for, so this test of enrollment's plumbing asks for the nearest name (closed set).
     recognizer = real_recognizer(Settings(unknown_threshold="none"))

@@ -23,6 +23,7 @@ from facerec.recognition.thresholds import (
     verification_threshold,
 )
 from facerec.settings import Settings
+from tests.model_memo import memoise_model_work
 from tests.standin_model import STANDIN_ID, standin_model
 
 CASIA = "casia-webface"
@@ -31,6 +32,8 @@ CASIA = "casia-webface"
 @pytest.fixture(autouse=True)
 def no_threshold_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACEREC_UNKNOWN_THRESHOLD", raising=False)
+    # The same photo is recognized under several thresholds: detected and embedded once (tests/model_memo.py).
+    memoise_model_work(monkeypatch)
 
 
 def test_unset_means_the_calibrated_default_for_the_weights() -> None:

@@ -8,14 +8,13 @@ both see the lease free and both take it. Times are `time.time()` (one machine, 
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
 
 from facerec.adapters.lease_rule import next_lease
-from facerec.adapters.local_queue import CHECK_BUSY_TIMEOUT_S, SqliteDatabase
-from facerec.ports import Lease, PortError, WebMember
+from facerec.adapters.local_queue import SqliteDatabase
+from facerec.ports import Lease, WebMember
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS web_members (
@@ -120,23 +119,4 @@ class LocalCoordination:
         return await self.database.run(query)
 
     async def check(self) -> None:
-        """A read on a connection of its own with a short busy timeout, as the queues' probe does."""
-        path = self.database.path
-
-        def probe() -> None:
-            try:
-                connection = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=CHECK_BUSY_TIMEOUT_S
-                )
-            except sqlite3.Error as exc:
-                raise PortError(f"coordination database {path}: {exc}") from exc
-            try:
-                connection.execute("SELECT 1 FROM leases LIMIT 1").fetchall()
-            except sqlite3.Error as exc:
-                raise PortError(f"coordination database {path}: {exc}") from exc
-            finally:
-                connection.close()
-
-        if self.database.closed:
-            raise PortError(f"coordination database {path} is closed")
-        await asyncio.to_thread(probe)
+        await self.database.probe("coordination database", "leases")

@@ -260,6 +260,31 @@ class SqliteDatabase:
             raise
         return result
 
+    async def probe(self, what: str, table: str) -> None:
+        """Raise PortError unless `table` can be read. A read on a connection of its own, opened read-only with a
+        short busy timeout and always closed: a probe takes no write lock, cannot leave a transaction open, and
+        never queues behind (or stalls) this process's work on the database thread. In WAL mode a read does not
+        wait for writers."""
+        path = self.path
+
+        def read() -> None:
+            try:
+                connection = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=CHECK_BUSY_TIMEOUT_S
+                )
+            except sqlite3.Error as exc:
+                raise PortError(f"{what} {path}: {exc}") from exc
+            try:
+                connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()  # noqa: S608 - our own table names
+            except sqlite3.Error as exc:
+                raise PortError(f"{what} {path}: {exc}") from exc
+            finally:
+                connection.close()
+
+        if self.closed:
+            raise PortError(f"{what} {path} is closed")
+        await asyncio.to_thread(read)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -490,25 +515,4 @@ class SqliteQueue:
         return await self.database.run(query)
 
     async def check(self) -> None:
-        """A read on a connection of its own, opened read-only with a short busy timeout and always closed: a
-        probe takes no write lock, cannot leave a transaction open, and never queues behind (or stalls) this
-        process's queue work on the database thread. In WAL mode a read does not wait for writers."""
-        path = self.database.path
-
-        def probe() -> None:
-            try:
-                connection = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=CHECK_BUSY_TIMEOUT_S
-                )
-            except sqlite3.Error as exc:
-                raise PortError(f"queue database {path}: {exc}") from exc
-            try:
-                connection.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
-            except sqlite3.Error as exc:
-                raise PortError(f"queue database {path}: {exc}") from exc
-            finally:
-                connection.close()
-
-        if self.database.closed:
-            raise PortError(f"queue database {path} is closed")
-        await asyncio.to_thread(probe)
+        await self.database.probe("queue database", "messages")

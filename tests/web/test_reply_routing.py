@@ -32,7 +32,7 @@ from facerec.web.pending import PendingRequests
 from facerec.web.response_poller import ResponsePoller
 from facerec.web.uploads import Upload
 from facerec.worker.loop import Worker
-from tests.worker.fakes import FakeRecognizer, collect, make_settings, photo_of, submit
+from tests.worker.fakes import FakeRecognizer, collect, make_settings, photo_of, running, submit
 
 PEOPLE = ("Paul", "Ana", "Bo")
 
@@ -94,17 +94,6 @@ async def deployment(backend: str, settings: Settings) -> AsyncIterator[Callable
         for _ in range(3):  # two web processes and a worker
             views.append(await stack.enter_async_context(open_local_data_tier(settings)))
         yield iter(views).__next__
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
 
 
 def upload(name: str) -> Upload:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from facerec.recognition.results import (
 )
 from facerec.settings import Settings
 from facerec.testing import jpeg_bytes
+from facerec.worker.loop import Worker
 
 # A solid colour stands for a person; black stands for a photo without a face.
 PEOPLE = {"Paul": (200, 30, 30), "Ana": (30, 200, 30), "Bo": (30, 30, 200)}
@@ -230,3 +233,15 @@ async def collect(data: DataTier, expected: int | Collection[str], within_s: flo
         if messages:
             await data.responses.delete_batch([m.receipt for m in messages])
     return responses
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[None]:
+    """Run `worker` in a task for the block; stop it and wait (up to 10 s) for it to finish."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

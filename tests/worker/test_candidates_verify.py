@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 from facerec.messages import ErrorCode, RecognitionResponse
 from facerec.recognition.results import Wanted
 from facerec.worker.loop import Worker
@@ -18,19 +14,9 @@ from tests.worker.fakes import (
     make_settings,
     memory_tier,
     photo_of,
+    running,
     submit,
 )
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def test_top_k_and_every_face_travel_to_the_recognizer_and_back() -> None:

@@ -200,6 +200,10 @@ class WebMember:
     """Where it serves (`host:port`), for banners, logs and `/v1/deployment`-style views."""
     pid: int = 0
 
+    def live_at(self, now: float, stale_s: float) -> bool:
+        """Whether its last heartbeat is at most `stale_s` old at `now` (older: the process is dead, reapable)."""
+        return now - self.heartbeat_at <= stale_s
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -213,6 +217,10 @@ class Lease:
     """Unix time; a lease past it is free for anyone to take."""
     token: int
     """Fencing token: grows by one every time the lease changes hands (not on renewal)."""
+
+    def live_at(self, now: float) -> bool:
+        """Whether the lease is still its holder's at `now` (not yet expired)."""
+        return self.expires_at > now
 
 
 @runtime_checkable

@@ -489,19 +489,19 @@ async def _web_processes_status(aws: AwsClients, settings: Settings) -> list[Act
         members = await coordination.members()
         for member in members:
             age = now - member.heartbeat_at
-            outcome = "live" if age <= stale_after else "stale"
+            outcome = "live" if member.live_at(now, stale_after) else "stale"
             detail = (
                 f"{member.address or '?'}, pid {member.pid}, {member.in_flight} in flight, reads {member.reply_queue}, "
                 f"heartbeat {_age(age)} ago"
             )
             actions.append(Action("web", member.web_id, outcome, detail))
         for lease in await coordination.leases():
-            if lease.expires_at > now:
+            if lease.live_at(now):
                 detail = f"by web {lease.holder}, token {lease.token}, expires in {_age(lease.expires_at - now)}"
                 actions.append(Action("lease", lease.name, "held", detail))
             else:
                 actions.append(Action("lease", lease.name, "free", f"last held by web {lease.holder}"))
-    live_readers = {m.reply_queue: m for m in members if now - m.heartbeat_at <= stale_after}
+    live_readers = {m.reply_queue: m for m in members if m.live_at(now, stale_after)}
     sqs = await aws.sqs()
     for name, url in sorted((await reply_queue_urls(aws, settings)).items()):
         wanted: list[QueueAttributeNameType] = ["CreatedTimestamp", "ApproximateNumberOfMessages"]

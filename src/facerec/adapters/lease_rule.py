@@ -10,7 +10,7 @@ def next_lease(current: Lease | None, name: str, holder: str, ttl_s: float, now:
     """The lease `holder` gets from `current` at `now`, or None while another holder's lease is live: the one rule
     every Coordination adapter applies inside its atomic step. The fencing token grows only when the holder
     changes (a renewal, or the same holder coming back after its lease lapsed, keeps it)."""
-    if current is not None and current.holder != holder and current.expires_at > now:
+    if current is not None and current.holder != holder and current.live_at(now):
         return None
     if current is None:
         token = 1

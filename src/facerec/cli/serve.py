@@ -103,12 +103,12 @@ def deployment_line(
 ) -> str:
     """What this `facerec serve` is in its deployment: the first web process, or one joining those running
     (their ids and addresses, and who runs the scaler). `web_id` None: several processes of this command."""
-    live = [m for m in members if now - m.heartbeat_at <= settings.web_stale_s]
+    live = [m for m in members if m.live_at(now, settings.web_stale_s)]
     these = f"as web id {web_id}" if web_id else f"as {processes} web processes on this port"
     if not live:
         more = f"`facerec serve --port {settings.port + 1}` with the same data directory (or prefix) joins it"
         return f"deployment: first web process ({these}); {more}"
-    holder = scaler.holder if scaler is not None and scaler.expires_at > now else None
+    holder = scaler.holder if scaler is not None and scaler.live_at(now) else None
     leader = next((m for m in live if m.web_id == holder), None)
     running = ", ".join(f"{m.web_id} at {m.address or '?'}" for m in live)
     scaler_text = (

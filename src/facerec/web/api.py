@@ -445,7 +445,7 @@ async def _deployment_status(request: Request, deployment: Deployment | None) ->
     else:
         with contextlib.suppress(Exception):  # status only: an unreadable lease reports no holder
             lease = await asyncio.wait_for(deployment.coordination.lease(SCALER_LEASE), CHECK_TIMEOUT_S)
-            if lease is not None and lease.expires_at > time.time():
+            if lease is not None and lease.live_at(time.time()):
                 holder = lease.holder
     return {
         "web_id": deployment.web_id,

@@ -179,7 +179,7 @@ class Deployment:
         return sum(m.in_flight for m in self.live_members if m.web_id != self.web_id)
 
     def is_stale(self, member: WebMember, now: float) -> bool:
-        return now - member.heartbeat_at > self.settings.web_stale_s
+        return not member.live_at(now, self.settings.web_stale_s)
 
     async def read_members(self) -> list[WebMember]:
         now = self._clock()

@@ -1,13 +1,19 @@
 """The names of a deployment's per-process reply queues, as every ReplyQueues adapter checks and lists them.
 
 `Settings.reply_queue(web_id)` makes them (`<prefix>-resp-<web id>`); the fixed `<prefix>-resp-queue` is not
-one of them (it is `DataTier.responses`, created by set-up, never by a web process)."""
+one of them (it is `DataTier.responses`, created by set-up, never by a web process). Imports nothing of facerec:
+settings use it too."""
 
 from __future__ import annotations
 
 import re
 
-from facerec.settings import WEB_ID_PATTERN
+WEB_ID_PATTERN = "[0-9a-f]{12}"
+"""A web process's id (random per start): names its reply queue `<prefix>-resp-<web id>`."""
+
+
+def is_web_id(text: str) -> bool:
+    return re.fullmatch(WEB_ID_PATTERN, text) is not None
 
 
 def is_process_reply_queue(prefix: str, name: str) -> bool:

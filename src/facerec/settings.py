@@ -6,7 +6,6 @@ This module must stay importable without torch: the web tier reads it.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -16,8 +15,8 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-WEB_ID_PATTERN = "[0-9a-f]{12}"
-"""A web process's id (random per start): names its reply queue `<prefix>-resp-<web id>`."""
+from facerec.reply_names import WEB_ID_PATTERN, is_process_reply_queue, is_web_id
+
 AWS_LEASE_TTL_S = 10.0
 AWS_WEB_STALE_S = 15.0
 AWS_WEB_HEARTBEAT_S = 5.0
@@ -333,16 +332,13 @@ class Settings(BaseSettings):
 
     def reply_queue(self, web_id: str) -> str:
         """The reply queue of web process `web_id` when it does not read the fixed `resp_queue` (#15)."""
-        if not re.fullmatch(WEB_ID_PATTERN, web_id):
+        if not is_web_id(web_id):
             raise ValueError(f"web id must match {WEB_ID_PATTERN}")
         return f"{self.prefix}-resp-{web_id}"
 
     def is_reply_queue(self, name: str) -> bool:
         """Whether a request's `reply_to` names a response queue of this deployment (workers answer nowhere else)."""
-        return (
-            name == self.resp_queue
-            or re.fullmatch(rf"{re.escape(self.prefix)}-resp-{WEB_ID_PATTERN}", name) is not None
-        )
+        return name == self.resp_queue or is_process_reply_queue(self.prefix, name)
 
 
 @lru_cache(maxsize=1)

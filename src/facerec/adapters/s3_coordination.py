@@ -23,7 +23,6 @@ import asyncio
 import builtins
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.lease_rule import next_lease
 from facerec.adapters.s3_blob import aws_errors
 from facerec.ports import Lease, PortError, WebMember
-from facerec.settings import WEB_ID_PATTERN
+from facerec.reply_names import WEB_ID_PATTERN, is_web_id
 
 if TYPE_CHECKING:  # stubs from the `test` extra, for annotations only
     from types_aiobotocore_s3.type_defs import PutObjectRequestTypeDef
@@ -55,7 +54,7 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 def member_key(web_id: str) -> str:
-    if not re.fullmatch(WEB_ID_PATTERN, web_id):
+    if not is_web_id(web_id):
         raise ValueError(f"web id must match {WEB_ID_PATTERN}: {web_id!r}")
     return f"{MEMBERS_PREFIX}{web_id}.json"
 

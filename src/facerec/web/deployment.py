@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from facerec.logs import error_text
 from facerec.ports import Coordination, MessageQueue, PortError, ReplyQueues, WebMember
+from facerec.reply_names import is_process_reply_queue
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ SCALER_LEASE = "scaler"
 
 
 def new_web_id() -> str:
-    """12 random lowercase hex digits (`settings.WEB_ID_PATTERN`)."""
+    """12 random lowercase hex digits (`reply_names.WEB_ID_PATTERN`)."""
     return secrets.token_hex(6)
 
 
@@ -211,7 +212,7 @@ class Deployment:
                 await self.heartbeat()
 
     def _deletable(self, name: str) -> bool:
-        return name != self.settings.resp_queue and self.settings.is_reply_queue(name)
+        return is_process_reply_queue(self.settings.prefix, name)
 
     async def _reap(self, queue: str, member: WebMember) -> None:
         if self._deletable(queue):

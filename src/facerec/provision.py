@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
 from facerec.adapters.s3_coordination import DEPLOYMENT_PREFIX, S3Coordination
+from facerec.adapters.sqs_queue import is_missing_queue
 from facerec.adapters.sqs_replies import reply_queue_urls
 from facerec.gallery_store import BLOB_PREFIX
 from facerec.iam_roles import delete_roles, ensure_roles, roles_status
@@ -50,7 +51,6 @@ USER_DATA = DEPLOY_DIR / "aws" / "worker-user-data.sh"
 
 DLQ_RETENTION_S = 14 * 24 * 3600  # the SQS maximum: dead letters are kept for inspection
 PROFILE_RETRIES, PROFILE_RETRY_S = 12, 5.0
-_MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _MISSING_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 # Settings a worker instance needs besides those the systemd unit sets; written to /etc/facerec/facerec.env.
@@ -270,7 +270,7 @@ async def queue_url(sqs: SQSClient, name: str) -> str | None:
     try:
         return (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     except ClientError as exc:
-        if _code(exc) in _MISSING_QUEUE:
+        if is_missing_queue(exc):
             return None
         raise
 
@@ -463,7 +463,7 @@ async def _delete_queue_if_there(sqs: SQSClient, url: str) -> None:
     try:
         await sqs.delete_queue(QueueUrl=url)
     except ClientError as exc:
-        if _code(exc) not in _MISSING_QUEUE:  # deleted meanwhile by its web process: the same outcome
+        if not is_missing_queue(exc):  # deleted meanwhile by its web process: the same outcome
             raise
 
 
@@ -508,7 +508,7 @@ async def _web_processes_status(aws: AwsClients, settings: Settings) -> list[Act
         try:
             found = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=wanted))["Attributes"]
         except ClientError as exc:
-            if _code(exc) in _MISSING_QUEUE:
+            if is_missing_queue(exc):
                 continue  # deleted since the listing
             raise
         created = float(found.get("CreatedTimestamp", now))

@@ -35,6 +35,11 @@ VISIBILITY_MAX_S = 43_200
 MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
+def is_missing_queue(exc: BaseException | None) -> bool:
+    """Whether `exc` (a ClientError, e.g. a PortError's cause) says the queue does not exist."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES
+
+
 def _chunks(items: Sequence[str], size: int = BATCH_MAX) -> list[Sequence[str]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
@@ -66,9 +71,8 @@ class SqsQueue:
                 url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
                 attributes = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["MaximumMessageSize"])
         except PortError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES:
-                raise PortError(f"SQS queue {name!r} does not exist: run `facerec aws provision`") from cause
+            if is_missing_queue(exc.__cause__):
+                raise PortError(f"SQS queue {name!r} does not exist: run `facerec aws provision`") from exc.__cause__
             raise
         limit = int(attributes.get("Attributes", {}).get("MaximumMessageSize", 262_144))
         return cls(aws, url, name, max_message_bytes=limit)

@@ -16,11 +16,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
-
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.s3_blob import aws_errors
-from facerec.adapters.sqs_queue import MISSING_QUEUE_CODES, SqsQueue
+from facerec.adapters.sqs_queue import SqsQueue, is_missing_queue
 from facerec.ports import PortError, QueueNotFound, QueueStats, ReceivedMessage
 from facerec.reply_names import check_reply_queue_name, is_process_reply_queue
 from facerec.settings import Settings
@@ -41,9 +39,15 @@ COPIED_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
 LIST_PAGE = 1000
 
 
-def _missing_queue(exc: PortError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES
+@contextlib.contextmanager
+def missing_as_not_found(name: str) -> Iterator[None]:
+    """A PortError whose cause says the queue does not exist becomes QueueNotFound(name)."""
+    try:
+        yield
+    except PortError as exc:
+        if is_missing_queue(exc.__cause__):
+            raise QueueNotFound(name) from exc
+        raise
 
 
 class SqsReplyQueue(SqsQueue):
@@ -80,14 +84,8 @@ class SqsReplyQueue(SqsQueue):
     async def check(self) -> None:
         await SqsQueue.stats(self)  # the port's PortError (naming the queue) for readiness, gone or not
 
-    @contextlib.contextmanager
-    def _gone_as_not_found(self) -> Iterator[None]:
-        try:
-            yield
-        except PortError as exc:
-            if _missing_queue(exc):
-                raise QueueNotFound(self.name) from exc
-            raise
+    def _gone_as_not_found(self) -> contextlib.AbstractContextManager[None]:
+        return missing_as_not_found(self.name)
 
 
 class SqsReplyQueues:
@@ -130,27 +128,20 @@ class SqsReplyQueues:
     async def open(self, name: str) -> SqsReplyQueue:
         if not is_process_reply_queue(self._settings.prefix, name):
             raise QueueNotFound(name)  # never a handle on another queue a message merely names
-        try:
-            with aws_errors(f"sqs queue {name}"):
-                sqs = await self._aws.sqs()
-                url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
-        except PortError as exc:
-            if _missing_queue(exc):
-                raise QueueNotFound(name) from exc
-            raise
+        with missing_as_not_found(name), aws_errors(f"sqs queue {name}"):
+            sqs = await self._aws.sqs()
+            url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
         return self._handle(name, url)
 
     async def delete(self, name: str) -> None:
         self._check_name(name)
         try:
-            with aws_errors(f"sqs delete queue {name}"):
+            with missing_as_not_found(name), aws_errors(f"sqs delete queue {name}"):
                 sqs = await self._aws.sqs()
                 url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
                 await sqs.delete_queue(QueueUrl=url)
-        except PortError as exc:
-            if _missing_queue(exc):
-                return
-            raise
+        except QueueNotFound:
+            return  # deleting a missing queue is not an error
         log.info("reply_queue_deleted", extra={"queue": name})
 
     async def list(self) -> builtins.list[str]:

@@ -37,6 +37,7 @@ _UPSERT_MEMBER = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _MEMBERS = "SELECT web_id, reply_queue, in_flight, heartbeat_at, address, pid FROM web_members ORDER BY web_id"
+_LEASE = "SELECT name, holder, expires_at, token FROM leases WHERE name = ?"
 _UPSERT_LEASE = (
     "INSERT INTO leases (name, holder, expires_at, token) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
     "holder = excluded.holder, expires_at = excluded.expires_at, token = excluded.token"
@@ -89,7 +90,7 @@ class LocalCoordination:
 
     def _acquire(self, name: str, holder: str, ttl_s: float, c: sqlite3.Connection) -> Lease | None:
         def work(c: sqlite3.Connection) -> Lease | None:
-            row = c.execute("SELECT name, holder, expires_at, token FROM leases WHERE name = ?", (name,)).fetchone()
+            row = c.execute(_LEASE, (name,)).fetchone()
             lease = next_lease(_lease(row), name, holder, ttl_s, self._clock())
             if lease is not None:
                 c.execute(_UPSERT_LEASE, (lease.name, lease.holder, lease.expires_at, lease.token))
@@ -112,9 +113,7 @@ class LocalCoordination:
 
     async def lease(self, name: str) -> Lease | None:
         def query(c: sqlite3.Connection) -> Lease | None:
-            return _lease(
-                c.execute("SELECT name, holder, expires_at, token FROM leases WHERE name = ?", (name,)).fetchone()
-            )
+            return _lease(c.execute(_LEASE, (name,)).fetchone())
 
         return await self.database.run(query)
 

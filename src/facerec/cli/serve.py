@@ -126,7 +126,7 @@ def read_deployment(settings: Settings) -> tuple[list[WebMember], Lease | None] 
 
     from facerec.backend import open_data_tier
     from facerec.ports import PortError
-    from facerec.web.deployment import SCALER_LEASE
+    from facerec.scaler.leadership import SCALER_LEASE
 
     async def read() -> tuple[list[WebMember], Lease | None] | None:
         async with open_data_tier(settings) as data:

@@ -23,6 +23,9 @@ from facerec.ports import Coordination, Lease, PortError
 
 log = logging.getLogger(__name__)
 
+SCALER_LEASE = "scaler"
+"""The lease whose holder runs the deployment's scaler (and opens its fleet)."""
+
 Term = Callable[[], AbstractAsyncContextManager[object]]
 """What runs while the lease is held: entered on acquiring, exited on losing it or stopping."""
 
@@ -37,7 +40,7 @@ class Leadership:
         ttl_s: float,
         term: Term,
         *,
-        name: str = "scaler",
+        name: str = SCALER_LEASE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.coordination = coordination

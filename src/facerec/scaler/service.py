@@ -14,12 +14,12 @@ from fastapi import FastAPI
 
 from facerec.logs import error_text
 from facerec.ports import DataTier, Fleet, PortError, WorkerInfo, WorkerState
-from facerec.scaler.leadership import Leadership
+from facerec.scaler.leadership import SCALER_LEASE, Leadership
 from facerec.scaler.loop import Scaler
 from facerec.scaler.policy import ScalingConfig
 from facerec.settings import Settings
 from facerec.web.api import WorkersOut
-from facerec.web.deployment import SCALER_LEASE, Deployment
+from facerec.web.deployment import Deployment
 
 log = logging.getLogger(__name__)
 

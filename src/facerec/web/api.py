@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field
 from facerec.messages import MAX_TOP_K, Box, Candidate, FaceRecord, VerifiedFace
 from facerec.people import InvalidPersonName, normalise_name
 from facerec.ports import DataTier
+from facerec.scaler.leadership import SCALER_LEASE
 from facerec.web.access_log import request_id
 from facerec.web.auth import authorize
-from facerec.web.deployment import SCALER_LEASE, Deployment
+from facerec.web.deployment import Deployment
 from facerec.web.errors import ErrorBody, ServiceError
 from facerec.web.gateway import Answer, RecognitionGateway
 from facerec.web.uploads import PERSON_FIELD, UPLOAD_FIELD, multipart_body, read_upload, read_verification

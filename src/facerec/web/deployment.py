@@ -37,7 +37,6 @@ EDGE_CHECK_S = 0.1
 """How often the in-flight count is looked at for a 0 <-> non-0 change (the debounce of the extra heartbeat)."""
 CALL_TIMEOUT_S = 10.0
 """Longest wait for one coordination call in the background loop: a hung store must not stop the heartbeats."""
-SCALER_LEASE = "scaler"
 
 
 def new_web_id() -> str:

@@ -170,6 +170,12 @@ class ResponsePoller:
             return True
         return await self._route_dead_letter(request, target)
 
+    async def _queue_for(self, target: str | None) -> MessageQueue | None:
+        """The queue named `target` (None: the fixed one), or None when this process has no way to reach it."""
+        if target is None:
+            return self._fixed
+        return None if self._replies is None else await self._replies.open(target)
+
     async def _route_dead_letter(self, request: RecognitionRequest, target: str | None) -> bool:
         """Answer another process's dead letter on its reply queue (the fixed one for None)."""
         response = RecognitionResponse(
@@ -177,17 +183,11 @@ class ResponsePoller:
         )
         where = target or (self._fixed.name if self._fixed is not None else "fixed response queue")
         try:
-            if target is None:
-                if self._fixed is None:
-                    # Left for the process that reads the fixed queue (it watches this queue too).
-                    log.info("dead_letter_left", extra={"request_id": request.id, "reply_to": where})
-                    return False
-                queue = self._fixed
-            elif self._replies is None:
+            queue = await self._queue_for(target)
+            if queue is None:
+                # Left for a process that can reach that queue (every process watches the dead letters).
                 log.info("dead_letter_left", extra={"request_id": request.id, "reply_to": where})
                 return False
-            else:
-                queue = await self._replies.open(target)
             await queue.send(response.to_json())
         except QueueNotFound:
             # Its process stopped or was reaped (or the name was never a reply queue): nobody waits for it.

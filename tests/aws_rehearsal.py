@@ -239,19 +239,7 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     port = free_port()
     serve_log = logs / "serve.log"
     serve_args = ["serve", "--backend", "aws", "--prefix", prefix, "--port", str(port)]
-    with serve_log.open("wb") as sink:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "facerec", *serve_args],
-            env={
-                **base_env,
-                "FACEREC_AWS_CALL_LOG": str(logs / "web-calls.jsonl"),
-                "FACEREC_WEB_POLL_WAIT_S": "1",
-                "FACEREC_SCALE_IN_GRACE_S": "600",
-            },
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    serve = _web_process(serve_args, base_env, serve_log, logs / "web-calls.jsonl")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/readyz", timeout_s=30, process=serve, log=serve_log)
@@ -326,6 +314,24 @@ class PoolWatch:
         self._thread.join(timeout=10)
 
 
+def _web_process(serve_args: list[str], base_env: dict[str, str], log: Path, call_log: Path) -> subprocess.Popen[bytes]:
+    """`facerec <serve_args>` as a web process of the rehearsal's deployment, output to `log`, AWS calls to
+    `call_log`; short response polls, and no scale-in during the rehearsal."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "facerec", *serve_args],
+            env={
+                **base_env,
+                "FACEREC_AWS_CALL_LOG": str(call_log),
+                "FACEREC_WEB_POLL_WAIT_S": "1",
+                "FACEREC_SCALE_IN_GRACE_S": "600",
+            },
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+
+
 def _second_web_process(
     rehearsal: Rehearsal, base_env: dict[str, str], serve_args: list[str], first_url: str, logs: Path
 ) -> None:
@@ -334,19 +340,7 @@ def _second_web_process(
     port = free_port()
     args = [*serve_args[: serve_args.index("--port")], "--port", str(port)]
     second_log = logs / "serve-2.log"
-    with second_log.open("wb") as sink:
-        second = subprocess.Popen(
-            [sys.executable, "-m", "facerec", *args],
-            env={
-                **base_env,
-                "FACEREC_AWS_CALL_LOG": str(logs / "web-2-calls.jsonl"),
-                "FACEREC_WEB_POLL_WAIT_S": "1",
-                "FACEREC_SCALE_IN_GRACE_S": "600",
-            },
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    second = _web_process(args, base_env, second_log, logs / "web-2-calls.jsonl")
     try:
         second_url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{second_url}/readyz", timeout_s=30, process=second, log=second_log)

@@ -133,12 +133,20 @@ async def wait_fleet_idle(url: str, within_s: float, poll_s: float = 0.1) -> flo
 async def measure_several(
     url: str, files: list[Path], labels: dict[str, str], requests: int, concurrency: int
 ) -> tuple[dict[str, Any], LoadRun]:
-    """The same workload against several web processes on one port, from 0 workers like the single run."""
+    """The same workload against several web processes on one port, prepared like the single run: one cold
+    request first (the leader's worker template is then loaded, as the single run's is when its load starts),
+    back to 0 workers, then the load."""
     if await wait_fleet_idle(url, 30) is None:
         raise click.ClickException("the web processes did not start with 0 workers")
+    cold_s, _, _ = await timed_request(url, files[0])
+    if await wait_fleet_idle(url, 30) is None:
+        raise click.ClickException("the fleet did not return to 0 workers after the cold request")
     run = await run_load(f"{url}/", files, requests, concurrency, labels, progress=False, linger_s=0.0)
     zero_after = await wait_fleet_idle(url, 30)
-    return {"scale_in_after_last_answer_s": None if zero_after is None else round(zero_after, 3)}, run
+    return {
+        "cold_start_s": round(cold_s, 3),
+        "scale_in_after_last_answer_s": None if zero_after is None else round(zero_after, 3),
+    }, run
 
 
 async def measure(
@@ -234,7 +242,7 @@ def command(
                 f"{web_processes} web processes: {several['throughput_rps']:.1f} requests/s vs "
                 f"{summary['throughput_rps']:.1f} with one ({results['several_vs_one']}x); "
                 f"p50 {several['latency_p50_s']:.2f} s, p99 {several['latency_p99_s']:.2f} s; "
-                f"{several['correct']}/{num_requests} correct; 0 workers "
+                f"{several['correct']}/{num_requests} correct; cold start {several['cold_start_s']} s; 0 workers "
                 f"{several['scale_in_after_last_answer_s']} s after the last answer"
             )
         if json_out is not None:

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         "second forward pass per face; see docs/benchmarks.md for what it buys.",
     )
     embedding_variant: Literal["fp32", "int8"] = Field(
-        "fp32",
+        "int8",
         description="`int8`: embed with the int8 model compiled by `facerec weights prepare --int8` (falls back to "
         "fp32, logged once, when it is missing or was built for other weights, torch or CPU); see "
         "docs/benchmarks.md for its speed and its distance to fp32.",

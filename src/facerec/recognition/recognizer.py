@@ -80,6 +80,7 @@ class Recognizer:
             model = None if self.int8 is not None else load_embedding_model(settings)
         self.settings = settings
         self.model_id = model_id or "unidentified"
+        self._int8_warm = False
         self.variant = "int8" if self.int8 is not None else "fp32"
         """Which model makes the embeddings; galleries record it (`GalleryMeta.embedding_variant`)."""
         self.model: torch.nn.Module | None = None
@@ -119,7 +120,12 @@ class Recognizer:
     def warm_up(self) -> None:
         """Run the whole pipeline once so the first real batch does not pay for lazy initialisation."""
         started = time.perf_counter()
-        self.embed_crops(torch.zeros(1, 3, self.settings.crop_size, self.settings.crop_size))
+        if not self._int8_warm:
+            self.embed_crops(torch.zeros(1, 3, self.settings.crop_size, self.settings.crop_size))
+            # The int8 package has no lazy state of its own beyond the first call's: a worker forked from a
+            # template that warmed it up skips the padded 16-face pass (~0.1 s of its start-up); the detector
+            # below still starts the child's own thread pool.
+            self._int8_warm = self.int8 is not None
         self.detector.detect([Image.new("RGB", (64, 64), (128, 128, 128))])
         log.info("recognizer_warm", extra={"seconds": round(time.perf_counter() - started, 3)})
 

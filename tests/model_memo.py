@@ -59,7 +59,7 @@ def _memoised_detect(real: Callable[..., list[DetectedFace | None]]) -> Callable
 
 def _memoised_embed(real: Callable[[Recognizer, torch.Tensor], np.ndarray]) -> Callable[..., np.ndarray]:
     def embed_crops(self: Recognizer, crops: torch.Tensor) -> np.ndarray:
-        model = (self.model_id, self.settings.flip_tta)
+        model = (self.model_id, self.variant, self.settings.flip_tta)
         keys = [(*model, tuple(crop.shape), _digest(crop.contiguous().numpy().tobytes())) for crop in crops]
         missing = [i for i, key in enumerate(keys) if key not in _vectors]
         if missing:

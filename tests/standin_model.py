@@ -48,6 +48,8 @@ def standin_weights_module() -> types.ModuleType:
     module = types.ModuleType("facerec.recognition.weights")
     module.load_embedding_model = lambda settings: standin_model()  # type: ignore[attr-defined]
     module.weights_id = lambda settings: STANDIN_ID  # type: ignore[attr-defined]
+    # Never prepared, so no int8 package is built for it: the recognizer embeds with the stand-in in fp32.
+    module.weights_sha256 = lambda settings: None  # type: ignore[attr-defined]
     return module
 
 

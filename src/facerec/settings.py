@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="Embed each face and its mirror image and average them (test-time augmentation): costs a "
         "second forward pass per face; see docs/benchmarks.md for what it buys.",
     )
+    embedding_variant: Literal["fp32", "int8"] = Field(
+        "int8",
+        description="`int8`: embed with the int8 model compiled by `facerec weights prepare --int8` (falls back to "
+        "fp32, logged once, when it is missing or was built for other weights, torch or CPU); see "
+        "docs/benchmarks.md for its speed and its distance to fp32.",
+    )
     torch_threads: int = Field(
         max(1, os.cpu_count() or 1), ge=1, description="Intra-op threads per worker (local workers get cores / max)."
     )

@@ -117,6 +117,47 @@ def embedding_cost(recognizer: Any, crops: Any) -> dict[str, Any]:
     }
 
 
+def versus_fp32(
+    settings: Settings,
+    identities: Mapping[str, Sequence[Path]],
+    plain: Mapping[str, np.ndarray],
+    held_out_names: Sequence[str],
+    enrollable: Mapping[str, np.ndarray],
+    shipped: Any,
+) -> dict[str, Any]:
+    """For a non-fp32 variant: its embeddings' distance to fp32's (same photos), the held-out figures of fp32 at
+    the shipped thresholds, and of a gallery enrolled by fp32 probed by this variant (an fp32 gallery kept)."""
+    from facerec.recognition.recognizer import Recognizer
+
+    fp32 = Recognizer(settings.model_copy(update={"embedding_variant": "fp32"}), threshold_needed=False)
+    reference = embed_dataset(fp32, identities)[0]
+    gaps = np.concatenate([np.linalg.norm(plain[name] - reference[name], axis=1) for name in plain])
+    held = [name for name in held_out_names if name in plain]
+    mixed = {name: np.concatenate([reference[name][:ENROLL_PHOTOS], plain[name][ENROLL_PHOTOS:]]) for name in held}
+    result = {
+        "distance": {
+            "median": round(float(np.median(gaps)), 4),
+            "p95": round(float(np.percentile(gaps, 95)), 4),
+            "max": round(float(gaps.max()), 4),
+            "faces": len(gaps),
+        },
+        "fp32_at_shipped": evaluate(
+            {n: reference[n] for n in held}, shipped.recognition, shipped.verification, enrollable
+        ),
+        "fp32_gallery_probed_at_shipped": evaluate(mixed, shipped.recognition, shipped.verification, enrollable),
+    }
+    for label in ("fp32_at_shipped", "fp32_gallery_probed_at_shipped"):
+        figures = result[label]
+        click.echo(
+            f"{label}: named correctly {figures['recognition']['named_correctly']:.2%} (nearest right "
+            f"{figures['recognition']['nearest_is_right']:.2%}), strangers Unknown "
+            f"{figures['recognition']['strangers_unknown']:.2%}, verification accuracy "
+            f"{figures['verification']['accuracy']:.2%}"
+        )
+    click.echo(f"distance to fp32: {result['distance']}")
+    return result
+
+
 @click.command()
 @json_option(Path("bench-results/accuracy.json"))
 @datasets_option("Folder holding lfw_small/ (one sub-folder of photos per identity).")
@@ -134,6 +175,7 @@ def command(json_path: Path, datasets: Path) -> None:
     plain, tta, enrollable, timing = embed_dataset(recognizer, identities)
     results: dict[str, Any] = {
         "weights": recognizer.model_id,
+        "embedding_variant": recognizer.variant,
         "dataset": "lfw_small",
         "identities": {"calibration": len(calibration_names), "held_out": len(held_out_names)},
         "rule": RULE,
@@ -186,6 +228,8 @@ def command(json_path: Path, datasets: Path) -> None:
             f"{at_shipped['recognition']['strangers_unknown']:.1%}, verification accuracy "
             f"{at_shipped['verification']['accuracy']:.1%}"
         )
+    if recognizer.variant != "fp32" and shipped is not None:
+        results["vs_fp32"] = versus_fp32(settings, identities, plain, held_out_names, enrollable, shipped)
     if shipped is None or asdict(shipped) != chosen:
         click.echo(f"note: thresholds.CALIBRATED holds {shipped} for {recognizer.model_id}, not these", err=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)

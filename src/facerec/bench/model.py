@@ -265,6 +265,7 @@ def command(json_path: Path, datasets: Path, lfw_count: int, rounds: int, random
     recognizer.warm_up()
     results: dict[str, Any] = {
         "weights": recognizer.model_id,
+        "embedding_variant": recognizer.variant,
         "crop_size": settings.crop_size,
         "torch_threads": settings.torch_threads,
         "cpu_count": os.cpu_count(),

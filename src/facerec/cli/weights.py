@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from facerec.bench.options import DEFAULT_DATASETS
 from facerec.logs import configure_logging
 from facerec.settings import Settings
 
@@ -47,7 +48,22 @@ def weights() -> None:
 @weights.command()
 @_weights_options
 @click.option("--log-level", default="WARNING", show_default=True)
-def prepare(log_level: str, **overrides: Any) -> None:
+@click.option(
+    "--int8",
+    "build_int8",
+    is_flag=True,
+    help="Also build the int8 model for FACEREC_EMBEDDING_VARIANT=int8 (minutes; skipped when already built "
+    "for these weights, torch and CPU).",
+)
+@click.option(
+    "--calibration-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATASETS / "lfw_small",
+    show_default=True,
+    help="Face photos (searched recursively) the int8 model is calibrated on: any photos of faces will do, e.g. "
+    "the ones you enroll. With fewer than 16 faces found the int8 model is not built and workers use fp32.",
+)
+def prepare(log_level: str, build_int8: bool, calibration_dir: Path, **overrides: Any) -> None:
     """Convert (if not cached yet) and verify the weights; print their file, sha256 and the time taken."""
     from facerec.recognition.weights import WeightsUnavailable, prepare_weights, sha256_file
 
@@ -63,6 +79,44 @@ def prepare(log_level: str, **overrides: Any) -> None:
     click.echo(f"path: {path}")
     click.echo(f"sha256: {sha256_file(path)}")
     click.echo(f"seconds: {seconds:.2f}")
+    if build_int8:
+        _prepare_int8(settings, calibration_dir)
+
+
+def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
+    from facerec.recognition import compiled
+    from facerec.recognition.folding import fold_batch_norms
+    from facerec.recognition.weights import load_embedding_model, weights_id, weights_sha256
+
+    started = time.perf_counter()
+    model_id, checksum = weights_id(settings), weights_sha256(settings)
+    assert checksum is not None  # prepare_weights just made them
+    folder = compiled.package_dir(settings, model_id)
+    stamp = compiled.expected_stamp(settings, model_id, checksum)
+    reason = compiled.stale_reason(folder, stamp)
+    if reason is None:
+        click.echo(f"int8: {folder} (up to date; {compiled.summary(compiled.read_sidecar(folder) or {})})")
+        return
+    photos = compiled.photo_files(calibration_dir) if calibration_dir.is_dir() else []
+    crops = compiled.calibration_crops(settings, photos, compiled.CALIBRATION_CROPS + compiled.CHECK_CROPS)
+    if len(crops) < 16:
+        click.echo(
+            f"int8: not built: {len(crops)} faces found in {calibration_dir} (16 or more needed to calibrate); "
+            "workers with FACEREC_EMBEDDING_VARIANT=int8 embed in fp32",
+            err=True,
+        )
+        return
+    model = load_embedding_model(settings)
+    fold_batch_norms(model)
+    calibration, check = crops[: compiled.CALIBRATION_CROPS], crops[compiled.CALIBRATION_CROPS :]
+    source = f"{len(calibration)} face crops from {calibration_dir}"
+    try:
+        sidecar = compiled.build_int8(model, calibration, check, folder, stamp, source)
+    except compiled.Int8Unavailable as exc:
+        click.echo(f"int8: not built: {exc}; workers embed in fp32", err=True)
+        return
+    seconds = time.perf_counter() - started
+    click.echo(f"int8: {folder} (built in {seconds:.0f} s; {compiled.summary(sidecar)})")
 
 
 @weights.command()

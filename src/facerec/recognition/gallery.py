@@ -52,6 +52,9 @@ class GalleryMeta:
     """`facerec` (our format) or `course` (a data.pt whose settings were stated by the operator)."""
     unknown_threshold: float | None = None
     """The Unknown threshold set when the gallery was made (FACEREC_UNKNOWN_THRESHOLD); used when none is set."""
+    embedding_variant: str = "fp32"
+    """`fp32` or `int8` (`Recognizer.variant`): which model made the embeddings. Not a mismatch: the two lie
+    within the distance documented in docs/benchmarks.md of each other, so either matches the other's gallery."""
 
     def differences(self, weights: str, settings: Settings) -> list[str]:
         expected = {"weights": weights, "crop_size": settings.crop_size, "margin": settings.margin}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facerec.recognition.compiled import INT8_BATCHES, Int8Embedder, load_int8
 from facerec.recognition.detection import DetectedFace, FaceDetector
 from facerec.recognition.folding import fold_batch_norms
 from facerec.recognition.gallery import NORMALISATION, Gallery, GalleryMeta, unit
@@ -66,19 +67,36 @@ class Recognizer:
         Raises ThresholdUnavailable when no Unknown threshold applies (see `recognition_threshold`), unless
         not `threshold_needed` (enrolling and verifying never name anyone from the gallery)."""
         torch.set_num_threads(settings.torch_threads)
+        self.int8: Int8Embedder | None = None
+        """The int8 package (`embedding_variant` int8 and built for these weights), else None: fp32."""
         if model is None:
             from facerec.recognition.weights import load_embedding_model, weights_id
 
-            model, model_id = load_embedding_model(settings), weights_id(settings)
+            model_id = weights_id(settings)
+            if settings.embedding_variant == "int8":
+                self.int8 = _load_int8(settings, model_id)
+            # With the int8 package the fp32 weights are not needed: not loading them saves ~110 MB and their
+            # checksum pass at start-up.
+            model = None if self.int8 is not None else load_embedding_model(settings)
         self.settings = settings
         self.model_id = model_id or "unidentified"
-        # Batch norms folded into the convolutions (exact up to rounding, see folding.py); channels_last:
-        # measured faster for this network's convolutions on CPU (37 -> 45 faces/s).
-        fold_batch_norms(model)
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self._int8_warm = False
+        self.variant = "int8" if self.int8 is not None else "fp32"
+        """Which model makes the embeddings; galleries record it (`GalleryMeta.embedding_variant`)."""
+        self.model: torch.nn.Module | None = None
+        if model is not None:
+            # Batch norms folded into the convolutions (exact up to rounding, see folding.py); channels_last:
+            # measured faster for this network's convolutions on CPU (37 -> 45 faces/s).
+            fold_batch_norms(model)
+            self.model = model.eval().to(memory_format=torch.channels_last)
         self.detector = FaceDetector(settings)
         self.gallery = gallery if gallery is not None else Gallery.empty(self.gallery_meta())
         self.gallery.check_compatible(self.model_id, settings)
+        if self.gallery.meta.embedding_variant != self.variant and len(self.gallery):
+            # Within the documented distance of each other (docs/benchmarks.md): they still match.
+            log.info(
+                "gallery_variant_differs", extra={"gallery": self.gallery.meta.embedding_variant, "model": self.variant}
+            )
         self.base_gallery = self.gallery
         """The gallery given at start-up; people enrolled through the data tier are added to it."""
         self.unknown_threshold: float | None = None
@@ -96,12 +114,18 @@ class Recognizer:
             margin=self.settings.margin,
             normalisation=NORMALISATION,
             unknown_threshold=threshold if isinstance(threshold := self.settings.unknown_threshold, float) else None,
+            embedding_variant=self.variant,
         )
 
     def warm_up(self) -> None:
         """Run the whole pipeline once so the first real batch does not pay for lazy initialisation."""
         started = time.perf_counter()
-        self.embed_crops(torch.zeros(1, 3, self.settings.crop_size, self.settings.crop_size))
+        if not self._int8_warm:
+            self.embed_crops(torch.zeros(1, 3, self.settings.crop_size, self.settings.crop_size))
+            # The int8 package has no lazy state of its own beyond the first call's: a worker forked from a
+            # template that warmed it up skips the padded 16-face pass (~0.1 s of its start-up); the detector
+            # below still starts the child's own thread pool.
+            self._int8_warm = self.int8 is not None
         self.detector.detect([Image.new("RGB", (64, 64), (128, 128, 128))])
         log.info("recognizer_warm", extra={"seconds": round(time.perf_counter() - started, 3)})
 
@@ -110,14 +134,17 @@ class Recognizer:
 
         With `flip_tta` each embedding is the unit mean of the crop's and its mirror image's."""
         chunks = []
-        step = min(self.settings.batch_max, EMBED_CHUNK)
+        forward = self.int8 if self.int8 is not None else self.model
+        assert forward is not None
+        # The int8 package runs fixed batch sizes (smaller chunks are padded): its largest is its chunk.
+        step = max(INT8_BATCHES) if self.int8 is not None else min(self.settings.batch_max, EMBED_CHUNK)
         with torch.inference_mode():
             for start in range(0, len(crops), step):
                 batch = crops[start : start + step].contiguous(memory_format=torch.channels_last)
-                vectors = self.model(batch).float()
+                vectors = forward(batch).float()
                 if self.settings.flip_tta:
                     mirrored = torch.flip(batch, dims=[3]).contiguous(memory_format=torch.channels_last)
-                    vectors = unit(vectors.numpy()) + unit(self.model(mirrored).float().numpy())
+                    vectors = unit(vectors.numpy()) + unit(forward(mirrored).float().numpy())
                     chunks.append(np.asarray(vectors))
                     continue
                 chunks.append(vectors.numpy())
@@ -361,6 +388,23 @@ class Recognizer:
                 UNKNOWN, distance, face.box, face.probability, unknown=True, nearest=nearest, candidates=candidates
             )
         return FaceResult(nearest, distance, face.box, face.probability, nearest=nearest, candidates=candidates)
+
+
+def _load_int8(settings: Settings, model_id: str) -> Int8Embedder | None:
+    """The int8 package for these weights, or None (logged once, with why: the worker then embeds in fp32)."""
+    from facerec.recognition.weights import weights_sha256
+
+    started = time.perf_counter()
+    checksum = weights_sha256(settings)
+    loaded = load_int8(settings, model_id, checksum) if checksum is not None else "weights not prepared"
+    if isinstance(loaded, str):
+        log.warning("int8_unavailable_using_fp32", extra={"reason": loaded})
+        return None
+    log.info(
+        "int8_loaded",
+        extra={"path": str(loaded.folder), "seconds": round(time.perf_counter() - started, 3)},
+    )
+    return loaded
 
 
 def _area(face: FaceResult) -> float:

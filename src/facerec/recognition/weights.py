@@ -238,7 +238,7 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a partial one."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -341,8 +341,8 @@ def _convert_and_cache(path: Path, graph: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The weights first, then the sidecar naming their checksum: a reader between the two sees a mismatch
     # and waits on the conversion lock instead of trusting a half-updated pair.
-    _atomic_write(path, data)
-    _atomic_write(_sidecar_path(path), json.dumps(sidecar, indent=2).encode())
+    atomic_write(path, data)
+    atomic_write(_sidecar_path(path), json.dumps(sidecar, indent=2).encode())
     log.info(
         "weights_converted",
         extra={
@@ -496,3 +496,16 @@ def weights_info(settings: Settings) -> dict[str, Any]:
     except WeightsUnavailable as exc:
         info["problem"] = str(exc)
     return info
+
+
+def weights_sha256(settings: Settings) -> str | None:
+    """The configured weights' sha256, or None when they are not prepared. For casia-webface the converted
+    cache's sidecar says it without re-reading the 112 MB (`facerec weights prepare` verified them)."""
+    try:
+        if settings.weights == CASIA:
+            sidecar = _cache_sidecar(casia_cache_path(settings), _graph_or_unavailable())
+            checksum = sidecar.get("sha256") if sidecar is not None else None
+            return checksum if isinstance(checksum, str) else None
+        return sha256_file(prepare_weights(settings))
+    except (WeightsUnavailable, OSError):
+        return None

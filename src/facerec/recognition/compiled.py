@@ -1,0 +1,273 @@
+"""InceptionResnetV1 in int8, quantised and compiled ahead of time: built once, loaded by workers without compiling.
+
+`facerec weights prepare --int8` quantises the folded fp32 model with PyTorch's PT2E flow and torchao's
+X86InductorQuantizer (int8 weights per channel, uint8 activations per tensor, calibrated on real face crops),
+then compiles it with AOTInductor into a `.pt2` package beside the converted weights. A worker loads that package
+with `torch._inductor.aoti_load_package` (a shared library and its constants: no compiler, no torchao) in well
+under a second.
+
+The package is compiled for fixed batch sizes (`INT8_BATCHES`), and a smaller chunk is padded up to the next
+one: the quantised convolutions' weights are laid out for oneDNN at compile time for the input shape the
+compiler sees, and with a dynamic batch dimension it cannot know it, so every call re-laid out a third of the
+weights (measured: 140 ms per call, more than the arithmetic of 16 faces).
+
+A package is used only if its sidecar names exactly these weights (their checksum), this torch and this CPU
+capability (the generated code is compiled for the machine's instruction set) and the package's own checksum
+matches; otherwise the worker embeds in fp32 and says so once in its log.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facerec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INT8_VERSION = 1
+"""Part of the sidecar: bump when the build changes so that packages made by older code are rebuilt."""
+INT8_BATCHES = (16,)
+"""The batch sizes compiled; a chunk runs at the smallest one that holds it (padded). 16 is EMBED_CHUNK."""
+CALIBRATION_CROPS = 64
+"""Face crops the activation ranges are measured on (more changed the embeddings by less than 0.005)."""
+CHECK_CROPS = 32
+"""Further crops, not calibrated on, on which the build measures the distance to fp32 it records."""
+
+
+class Int8Unavailable(RuntimeError):
+    """The int8 package cannot be built here; the message says why."""
+
+
+def cpu_capability() -> str:
+    """The instruction set torch dispatches to here (e.g. AVX512, AVX2): the package's code is compiled for it."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def package_dir(settings: Settings, weights_id: str) -> Path:
+    """Where the packages for these weights go: one `b<batch>.pt2` per INT8_BATCHES size and `int8.json`."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", weights_id)
+    return Path(settings.weights_cache_dir) / f"{slug}-int8-c{settings.crop_size}"
+
+
+def _package(folder: Path, size: int) -> Path:
+    return folder / f"b{size}.pt2"
+
+
+def _sidecar_path(folder: Path) -> Path:
+    return folder / "int8.json"
+
+
+def expected_stamp(settings: Settings, weights_id: str, weights_sha256: str) -> dict[str, Any]:
+    """What a usable package's sidecar must say about what it was built from and for."""
+    return {
+        "int8_version": INT8_VERSION,
+        "weights": weights_id,
+        "weights_sha256": weights_sha256,
+        "crop_size": settings.crop_size,
+        "batches": list(INT8_BATCHES),
+        "torch": torch.__version__,
+        "cpu_capability": cpu_capability(),
+    }
+
+
+def read_sidecar(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_sidecar_path(folder).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:
+    """Why the packages in `folder` cannot be used for `stamp` (None: they can), without reading them."""
+    sidecar = read_sidecar(folder)
+    if sidecar is None or not all(_package(folder, size).is_file() for size in INT8_BATCHES):
+        return "not built (run `facerec weights prepare --int8`)"
+    different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
+    if different:
+        return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
+    return None
+
+
+class Int8Embedder:
+    """The loaded package: [n, 3, S, S] standardised crops (n <= max(INT8_BATCHES)) -> [n, 512] float32."""
+
+    def __init__(self, runners: dict[int, Callable[..., Any]], folder: Path, sidecar: dict[str, Any]) -> None:
+        self.runners = runners
+        self.folder = folder
+        self.sidecar = sidecar
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        count = len(crops)
+        size = next(size for size in sorted(self.runners) if size >= count)
+        if count < size:
+            # Padding rows are zeros (a grey crop after standardisation); each row is embedded independently.
+            crops = torch.cat([crops, crops.new_zeros((size - count, *crops.shape[1:]))])
+        output = self.runners[size](crops.contiguous(memory_format=torch.channels_last))
+        vectors: torch.Tensor = output[0] if isinstance(output, list | tuple) else output
+        return vectors[:count]
+
+
+def load_int8(settings: Settings, weights_id: str, weights_sha256: str) -> Int8Embedder | str:
+    """The package for these weights, or why it cannot be used (missing, stale, corrupt, fails to load)."""
+    from facerec.recognition.weights import sha256_file
+
+    folder = package_dir(settings, weights_id)
+    reason = stale_reason(folder, expected_stamp(settings, weights_id, weights_sha256))
+    if reason is not None:
+        return reason
+    sidecar = read_sidecar(folder) or {}
+    checksums = sidecar.get("sha256") or {}
+    try:
+        for size in INT8_BATCHES:
+            if sha256_file(_package(folder, size)) != checksums.get(str(size)):
+                return f"b{size}.pt2 does not match its checksum (rebuild with `facerec weights prepare --int8`)"
+        return Int8Embedder(_load_runners(folder), folder, sidecar)
+    except Exception as exc:  # a broken or foreign package raises many types; all mean "use fp32"
+        return f"package failed to load: {type(exc).__name__}: {exc}"
+
+
+def _load_runners(folder: Path) -> dict[int, Callable[..., Any]]:
+    return {size: torch._inductor.aoti_load_package(str(_package(folder, size))) for size in INT8_BATCHES}
+
+
+# --- build --------------------------------------------------------------------------------------------------
+
+
+def _padded(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """`crops` repeated to exactly `size` rows."""
+    repeats = -(-size // len(crops))
+    return crops.repeat(repeats, 1, 1, 1)[:size].contiguous(memory_format=torch.channels_last)
+
+
+def _unit(vectors: torch.Tensor) -> np.ndarray:
+    array = vectors.float().numpy()
+    return np.asarray(array / np.linalg.norm(array, axis=1, keepdims=True))
+
+
+def _distances(model: torch.nn.Module, embedder: Int8Embedder, crops: torch.Tensor) -> dict[str, float]:
+    """Distance between the int8 and fp32 unit embeddings of `crops` (median, p95, max)."""
+    reference, quantised = [], []
+    with torch.inference_mode():
+        for start in range(0, len(crops), max(INT8_BATCHES)):
+            chunk = crops[start : start + max(INT8_BATCHES)].contiguous(memory_format=torch.channels_last)
+            reference.append(_unit(model(chunk)))
+            quantised.append(_unit(embedder(chunk)))
+    gaps = np.linalg.norm(np.concatenate(quantised) - np.concatenate(reference), axis=1)
+    return {
+        "median": round(float(np.median(gaps)), 4),
+        "p95": round(float(np.percentile(gaps, 95)), 4),
+        "max": round(float(gaps.max()), 4),
+    }
+
+
+def build_int8(
+    model: torch.nn.Module,
+    calibration: torch.Tensor,
+    check: torch.Tensor,
+    folder: Path,
+    stamp: dict[str, Any],
+    calibration_source: str,
+) -> dict[str, Any]:
+    """Quantise the folded eval-mode `model` on `calibration` crops, compile one graph per INT8_BATCHES size into
+    a package in `folder`, measure its distance to fp32 on `check` crops and write the sidecar. Minutes."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as exc:
+        raise Int8Unavailable(f"torchao is not installed ({exc}); `pip install torchao==0.18.0`") from exc
+    import torch._inductor.config as inductor_config
+
+    from facerec.recognition.weights import atomic_write, sha256_file
+
+    started = time.perf_counter()
+    largest = max(INT8_BATCHES)
+    model = model.eval().to(memory_format=torch.channels_last)
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    with torch.no_grad():
+        traced = torch.export.export(model, (_padded(calibration, largest),)).module()
+        observed = prepare_pt2e(traced, quantizer)
+        for start in range(0, len(calibration), largest):
+            observed(calibration[start : start + largest].contiguous(memory_format=torch.channels_last))
+        quantised = convert_pt2e(observed)
+        programs = {size: torch.export.export(quantised, (_padded(calibration, size),)) for size in INT8_BATCHES}
+    calibrated = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    _sidecar_path(folder).unlink(missing_ok=True)  # a reader meanwhile finds no sidecar: "not built", fp32
+    # Freezing makes the weights constants, so the int8 weights are packed for oneDNN at compile time.
+    with inductor_config.patch(freezing=True), torch.no_grad():
+        for size, program in programs.items():
+            temporary = folder / f".building-b{size}.pt2"
+            torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
+            temporary.replace(_package(folder, size))
+    compiled = time.perf_counter()
+    loaded = Int8Embedder(_load_runners(folder), folder, {})
+    sidecar = {
+        **stamp,
+        "sha256": {str(size): sha256_file(_package(folder, size)) for size in INT8_BATCHES},
+        "size": sum(_package(folder, size).stat().st_size for size in INT8_BATCHES),
+        "calibration": calibration_source,
+        "calibration_crops": len(calibration),
+        "distance_to_fp32": _distances(model, loaded, check) if len(check) else None,
+        "check_crops": len(check),
+        "calibrate_s": round(calibrated - started, 1),
+        "compile_s": round(compiled - calibrated, 1),
+    }
+    atomic_write(_sidecar_path(folder), json.dumps(sidecar, indent=2).encode())
+    log.info("int8_built", extra={"path": str(folder), **{k: v for k, v in sidecar.items() if k != "sha256"}})
+    return sidecar
+
+
+def calibration_crops(settings: Settings, photos: Sequence[Path], wanted: int) -> torch.Tensor:
+    """Up to `wanted` standardised face crops detected (as a worker would) in `photos`, one per photo."""
+    from PIL import Image
+
+    from facerec.recognition.detection import FaceDetector
+
+    detector = FaceDetector(settings)
+    crops: list[torch.Tensor] = []
+    step = 16
+    for start in range(0, len(photos), step):
+        if len(crops) >= wanted:
+            break
+        images = []
+        for photo in photos[start : start + step]:
+            try:
+                images.append(Image.open(io.BytesIO(photo.read_bytes())).convert("RGB"))
+            except (OSError, ValueError):
+                continue  # not an image: calibration takes what it can
+        crops += [face.crop for face in detector.detect(images) if face is not None]
+    if not crops:
+        return torch.zeros((0, 3, settings.crop_size, settings.crop_size))
+    return torch.stack(crops[:wanted])
+
+
+def photo_files(folder: Path) -> list[Path]:
+    """Photos under `folder`, spread over its people: the n-th photo of every sub-folder before the (n+1)-th."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    by_folder: dict[Path, list[Path]] = {}
+    for file in files:
+        by_folder.setdefault(file.parent, []).append(file)
+    rounds = max((len(group) for group in by_folder.values()), default=0)
+    return [group[n] for n in range(rounds) for group in by_folder.values() if n < len(group)]
+
+
+def summary(sidecar: dict[str, Any]) -> str:
+    distance = sidecar.get("distance_to_fp32") or {}
+    parts = [f"{key} {value}" for key, value in distance.items()]
+    return f"distance to fp32 {', '.join(parts) or 'not measured'}" + (
+        f" (calibrate {sidecar.get('calibrate_s')} s, compile {sidecar.get('compile_s')} s)"
+        if "compile_s" in sidecar
+        else ""
+    )

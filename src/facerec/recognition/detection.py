@@ -68,33 +68,58 @@ class FaceDetector:
         images: Sequence[Image.Image],
         every_face: Sequence[bool] | None = None,
         seconds: dict[str, float] | None = None,
+        *,
+        whole_pyramid: bool = False,
     ) -> list[DetectedFace | None]:
         """The subject face (or None) per RGB image, in order, with the other faces of the images whose
         `every_face` is true. Same-size images go through the cascade together. `seconds`, when given, is added
-        the cascade's stage times (see `cascade.detect`) and `crop` (scaling for detection, cutting the crops)."""
+        the cascade's stage times (see `cascade.detect`) and `crop` (scaling for detection, cutting the crops).
+
+        Subject-only images are first searched for faces of at least `min_face_ratio` of their short side (a
+        portrait's subject is that large, and the pyramid levels skipped are most of detection's work); those
+        where none is found are searched again down to `min_face_size`, so a small face is still found, only
+        slower. Images whose every face is wanted, and all of them with `whole_pyramid` (enrollment counts the
+        faces), are searched down to `min_face_size` at once."""
         started = time.perf_counter()
         cascade_s = 0.0
         scaled = [self._detection_copy(image) for image in images]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, (copy, _) in enumerate(scaled):
-            groups[copy.size].append(index)
         found: list[DetectedFace | None] = [None] * len(images)
-        for (width, height), indices in groups.items():
-            pixels = torch.from_numpy(np.stack([np.asarray(scaled[i][0], dtype=np.uint8) for i in indices]))
-            min_face = cascade.min_face_for(height, width, self.min_face_size, self.min_face_ratio)
-            with torch.inference_mode():
-                batch = pixels.permute(0, 3, 1, 2).float().contiguous()
-                del pixels
+        every = [every_face is not None and every_face[index] for index in range(len(images))]
+        # Searched to the end at once: asked to, or no level to skip (a small image's ratio is under min_face_size).
+        whole = [
+            whole_pyramid or wanted or self._min_face(copy.size, self.min_face_ratio) == self._min_face(copy.size, 0.0)
+            for wanted, (copy, _) in zip(every, scaled, strict=True)
+        ]
+        for rerun in (False, True):
+            # First pass: every image at its own depth; second: the subject-only images nothing was found in.
+            indices = [i for i in range(len(images)) if not rerun or (found[i] is None and not whole[i])]
+            groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+            for index in indices:
+                groups[(*scaled[index][0].size, whole[index] or rerun)].append(index)
+            for (width, height, deep), members in groups.items():
+                min_face = self._min_face((width, height), 0.0 if deep else self.min_face_ratio)
                 before = time.perf_counter()
-                per_image = cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL, cascade.THRESHOLDS, seconds)
+                per_image = self._cascade([scaled[i][0] for i in members], min_face, seconds)
                 cascade_s += time.perf_counter() - before
-                del batch
-            for index, boxes in zip(indices, per_image, strict=True):
-                every = every_face is not None and every_face[index]
-                found[index] = self._faces(images[index], boxes.numpy(), scaled[index][1], width, height, every)
+                for index, boxes in zip(members, per_image, strict=True):
+                    found[index] = self._faces(
+                        images[index], boxes.numpy(), scaled[index][1], width, height, every[index]
+                    )
         if seconds is not None:
             seconds["crop"] = seconds.get("crop", 0.0) + time.perf_counter() - started - cascade_s
         return found
+
+    def _min_face(self, size: tuple[int, int], ratio: float) -> float:
+        return cascade.min_face_for(size[1], size[0], self.min_face_size, ratio)
+
+    def _cascade(
+        self, same_size: Sequence[Image.Image], min_face: float, seconds: dict[str, float] | None
+    ) -> list[torch.Tensor]:
+        pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in same_size]))
+        with torch.inference_mode():
+            batch = pixels.permute(0, 3, 1, 2).float().contiguous()
+            del pixels
+            return cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL, cascade.THRESHOLDS, seconds)
 
     def _detection_copy(self, image: Image.Image) -> tuple[Image.Image, float]:
         """The image to detect on and the factor from its pixels back to the original's."""

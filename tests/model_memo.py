@@ -38,8 +38,7 @@ def _digest(data: bytes) -> str:
 def _image_key(detector: FaceDetector, image: Image.Image, every: bool, whole: bool) -> tuple[Any, ...]:
     settings = (detector.crop_size, detector.margin, detector.detect_max_side, detector.min_face_size)
     pixels = _digest(image.tobytes())
-    ratio = 0.0 if every or whole else detector.min_face_ratio  # the pyramid the detector searches
-    return (*settings, ratio, image.mode, image.size, decoded_scale(image), pixels, every)
+    return (*settings, detector.min_face_ratio, image.mode, image.size, decoded_scale(image), pixels, every, whole)
 
 
 def _memoised_detect(real: Callable[..., list[DetectedFace | None]]) -> Callable[..., list[DetectedFace | None]]:

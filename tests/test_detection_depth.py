@@ -72,9 +72,11 @@ def test_a_large_subject_costs_one_shallow_search_and_hides_nothing_from_enrollm
     assert everyone is not None and everyone.faces == 2 and len(everyone.others) == 1
     # The same face; its box may move a few pixels (other P-Net candidates lead to it).
     assert everyone.box == pytest.approx(subject.box, abs=8)
+    # Enrollment: the subject's box as recognition finds it (an enrolled photo matches itself), every face
+    # counted (it refuses a photo with two).
     [counted] = detector.detect([both], whole_pyramid=True)
-    assert counted is not None and counted.faces == 2  # enrollment refuses a photo with two faces
-    assert detector.depths == [20, 20]
+    assert counted is not None and counted.faces == 2 and counted.box == subject.box
+    assert detector.depths == [20, pytest.approx(105), 20]
 
 
 def test_no_ratio_searches_once_down_to_the_minimum_face(lfw_people: dict[str, list[Path]]) -> None:

@@ -35,21 +35,25 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _image_key(detector: FaceDetector, image: Image.Image, every: bool) -> tuple[Any, ...]:
+def _image_key(detector: FaceDetector, image: Image.Image, every: bool, whole: bool) -> tuple[Any, ...]:
     settings = (detector.crop_size, detector.margin, detector.detect_max_side, detector.min_face_size)
     pixels = _digest(image.tobytes())
-    return (*settings, detector.min_face_ratio, image.mode, image.size, decoded_scale(image), pixels, every)
+    return (*settings, detector.min_face_ratio, image.mode, image.size, decoded_scale(image), pixels, every, whole)
 
 
 def _memoised_detect(real: Callable[..., list[DetectedFace | None]]) -> Callable[..., list[DetectedFace | None]]:
     def detect(
-        self: FaceDetector, images: Sequence[Image.Image], every_face: Sequence[bool] | None = None
+        self: FaceDetector,
+        images: Sequence[Image.Image],
+        every_face: Sequence[bool] | None = None,
+        *,
+        whole_pyramid: bool = False,
     ) -> list[DetectedFace | None]:
         every = [every_face is not None and every_face[i] for i in range(len(images))]
-        keys = [_image_key(self, image, flag) for image, flag in zip(images, every, strict=True)]
+        keys = [_image_key(self, image, flag, whole_pyramid) for image, flag in zip(images, every, strict=True)]
         missing = [i for i, key in enumerate(keys) if key not in _faces]
         if missing:
-            fresh = real(self, [images[i] for i in missing], [every[i] for i in missing])
+            fresh = real(self, [images[i] for i in missing], [every[i] for i in missing], whole_pyramid=whole_pyramid)
             for index, face in zip(missing, fresh, strict=True):
                 _faces[keys[index]] = face
         return [_faces[key] for key in keys]

@@ -78,7 +78,8 @@ async def test_exactly_one_of_three_leads_and_a_clean_stop_hands_over_at_once() 
             released = await coordination.lease("scaler")
             # Free at once rather than at expiry: one of the others takes it at its next attempt (every TTL/3).
             assert released is not None and released.holder == "a" * 12 and released.expires_at <= stopped_at
-            await until(lambda: b.leading or c.leading)
+            # A term started (`leading` turns true just before the term task runs).
+            await until(lambda: "b" * 12 in terms.running or "c" * 12 in terms.running)
     successor = "b" * 12 if terms.starts("b" * 12) else "c" * 12
     assert terms.starts(successor)[0] >= stopped_at
     assert terms.overlaps == 0
@@ -97,7 +98,8 @@ async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_expires() 
         await until(lambda: not leader.leading)
         ended = [t for event, h, t in terms.log if event == "end" and h == "aaaaaaaaaaaa"][-1]
         assert ended < lease.expires_at  # stepped down while the lease was still its own
-        await until(lambda: follower.leading)
+        # Its term started, not only its lease taken: `leading` turns true just before the term task runs.
+        await until(lambda: "bbbbbbbbbbbb" in terms.running)
         # The follower took over only after that lease expired (the leader could not release it).
         assert terms.starts("bbbbbbbbbbbb")[0] >= lease.expires_at
         follower_lease = follower.lease
@@ -112,7 +114,7 @@ async def test_a_dead_leaders_lease_is_taken_over_within_ttl_and_a_third() -> No
     assert dead is not None
     survivor = Leadership(coordination, "bbbbbbbbbbbb", TTL, terms.term("bbbbbbbbbbbb"))
     async with running(survivor):
-        await until(lambda: survivor.leading, timeout_s=10)
+        await until(lambda: "bbbbbbbbbbbb" in terms.running, timeout_s=10)  # its term started, not only its lease
     took_over = terms.starts("bbbbbbbbbbbb")[0]
     assert dead.expires_at <= took_over
     # The design's bound is TTL/3 after expiry; a generous one here (a loaded machine schedules late).
@@ -134,7 +136,7 @@ async def test_the_lease_is_released_when_the_loop_is_cancelled_while_leading() 
     coordination, terms = MemoryCoordination(), Terms()
     loop = Leadership(coordination, "a" * 12, TTL, terms.term("a" * 12))
     async with running(loop):
-        await until(lambda: loop.leading)
+        await until(lambda: "a" * 12 in terms.running)  # its term started, not only its lease
     lease = await coordination.lease("scaler")
     assert lease is not None and lease.expires_at <= time.time()
     assert terms.log[-1][:2] == ("end", "a" * 12)

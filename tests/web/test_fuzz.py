@@ -95,7 +95,10 @@ def test_generated_filenames_names_and_authorization_headers_never_get_a_server_
     filename: str, person: str, authorizations: list[str], client: httpx.Client
 ) -> None:
     headers = [("Content-Type", "multipart/form-data; boundary=fz")]
-    headers += [("Authorization", value) for value in authorizations if value.isprintable() and value.isascii()]
+    # Values an HTTP client can send at all: h11 (under httpx) refuses one with leading or trailing whitespace
+    # before it leaves the client (hypothesis found " ").
+    sendable = [value for value in authorizations if value.isprintable() and value.isascii() and value == value.strip()]
+    headers += [("Authorization", value) for value in sendable]
     quoted = quote(person, safe="") or "%20"
     requests = [
         ("POST", "/", _form("inputFile", filename)),

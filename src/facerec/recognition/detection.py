@@ -68,33 +68,77 @@ class FaceDetector:
         images: Sequence[Image.Image],
         every_face: Sequence[bool] | None = None,
         seconds: dict[str, float] | None = None,
+        *,
+        whole_pyramid: bool = False,
     ) -> list[DetectedFace | None]:
         """The subject face (or None) per RGB image, in order, with the other faces of the images whose
         `every_face` is true. Same-size images go through the cascade together. `seconds`, when given, is added
-        the cascade's stage times (see `cascade.detect`) and `crop` (scaling for detection, cutting the crops)."""
+        the cascade's stage times (see `cascade.detect`) and `crop` (scaling for detection, cutting the crops).
+
+        Subject-only images are first searched for faces of at least `min_face_ratio` of their short side (a
+        portrait's subject is that large, and the pyramid levels skipped are most of detection's work); those
+        where none is found are searched again down to `min_face_size`, so a small face is still found, only
+        slower. Images whose every face is wanted are searched down to `min_face_size` at once. With
+        `whole_pyramid` (enrollment) the subject is found as for recognition (the same box, so a photo enrolled
+        and then recognized matches itself) and `faces` counts every face down to `min_face_size`."""
         started = time.perf_counter()
         cascade_s = 0.0
         scaled = [self._detection_copy(image) for image in images]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, (copy, _) in enumerate(scaled):
-            groups[copy.size].append(index)
-        found: list[DetectedFace | None] = [None] * len(images)
-        for (width, height), indices in groups.items():
-            pixels = torch.from_numpy(np.stack([np.asarray(scaled[i][0], dtype=np.uint8) for i in indices]))
-            min_face = cascade.min_face_for(height, width, self.min_face_size, self.min_face_ratio)
-            with torch.inference_mode():
-                batch = pixels.permute(0, 3, 1, 2).float().contiguous()
-                del pixels
-                before = time.perf_counter()
-                per_image = cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL, cascade.THRESHOLDS, seconds)
-                cascade_s += time.perf_counter() - before
-                del batch
-            for index, boxes in zip(indices, per_image, strict=True):
-                every = every_face is not None and every_face[index]
-                found[index] = self._faces(images[index], boxes.numpy(), scaled[index][1], width, height, every)
+        every = [every_face is not None and every_face[index] for index in range(len(images))]
+        # Searched to the end at once: every face wanted, or no level to skip (a small image's ratio is under
+        # min_face_size).
+        deep = [
+            wanted or self._min_face(copy.size, self.min_face_ratio) == self._min_face(copy.size, 0.0)
+            for wanted, (copy, _) in zip(every, scaled, strict=True)
+        ]
+
+        def search(indices: list[int], whole: bool) -> dict[int, np.ndarray]:
+            nonlocal cascade_s
+            before = time.perf_counter()
+            boxes = self._search([scaled[i][0] for i in indices], [whole or deep[i] for i in indices], seconds)
+            cascade_s += time.perf_counter() - before
+            return dict(zip(indices, boxes, strict=True))
+
+        everywhere = range(len(images))
+        boxes = search(list(everywhere), whole=False)
+        shallow = [i for i in everywhere if not deep[i]]
+        boxes |= search([i for i in shallow if len(boxes[i]) == 0], whole=True)
+        counted = search([i for i in shallow if len(boxes[i])], whole=True) if whole_pyramid else {}
+        found = [
+            self._faces(images[i], boxes[i], scaled[i][1], *scaled[i][0].size, every[i], len(counted.get(i, boxes[i])))
+            for i in everywhere
+        ]
         if seconds is not None:
             seconds["crop"] = seconds.get("crop", 0.0) + time.perf_counter() - started - cascade_s
         return found
+
+    def _search(
+        self, copies: Sequence[Image.Image], whole: Sequence[bool], seconds: dict[str, float] | None
+    ) -> list[np.ndarray]:
+        """The cascade's boxes per detection copy, down to `min_face_size` where `whole`, else down to
+        `min_face_ratio` of the image; same-size, same-depth copies in one batch."""
+        groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+        for index, (copy, deep) in enumerate(zip(copies, whole, strict=True)):
+            groups[(*copy.size, deep)].append(index)
+        found: list[np.ndarray] = [np.zeros((0, 5), dtype=np.float32)] * len(copies)
+        for (width, height, deep), members in groups.items():
+            min_face = self._min_face((width, height), 0.0 if deep else self.min_face_ratio)
+            per_image = self._cascade([copies[i] for i in members], min_face, seconds)
+            for index, boxes in zip(members, per_image, strict=True):
+                found[index] = boxes.numpy()
+        return found
+
+    def _min_face(self, size: tuple[int, int], ratio: float) -> float:
+        return cascade.min_face_for(size[1], size[0], self.min_face_size, ratio)
+
+    def _cascade(
+        self, same_size: Sequence[Image.Image], min_face: float, seconds: dict[str, float] | None
+    ) -> list[torch.Tensor]:
+        pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in same_size]))
+        with torch.inference_mode():
+            batch = pixels.permute(0, 3, 1, 2).float().contiguous()
+            del pixels
+            return cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL, cascade.THRESHOLDS, seconds)
 
     def _detection_copy(self, image: Image.Image) -> tuple[Image.Image, float]:
         """The image to detect on and the factor from its pixels back to the original's."""
@@ -106,17 +150,20 @@ class FaceDetector:
         return image.resize(size, Image.Resampling.BILINEAR), factor
 
     def _faces(
-        self, image: Image.Image, boxes: np.ndarray, factor: float, width: int, height: int, every: bool
+        self, image: Image.Image, boxes: np.ndarray, factor: float, width: int, height: int, every: bool, count: int
     ) -> DetectedFace | None:
+        """The subject (and the others when `every`) among `boxes`; `count`: the faces reported (at least
+        the boxes found here)."""
         if boxes.size == 0:
             return None
+        count = max(count, len(boxes))
         subject = pick_subject(boxes[:, :4], width, height)
         others: tuple[DetectedFace, ...] = ()
         if every:
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             largest = [int(i) for i in np.argsort(-areas, kind="stable") if int(i) != subject]
-            others = tuple(self._crop(image, boxes[i], factor, len(boxes)) for i in largest[: MAX_FACES_PER_IMAGE - 1])
-        return self._crop(image, boxes[subject], factor, len(boxes), others)
+            others = tuple(self._crop(image, boxes[i], factor, count) for i in largest[: MAX_FACES_PER_IMAGE - 1])
+        return self._crop(image, boxes[subject], factor, count, others)
 
     def _crop(
         self, image: Image.Image, chosen: np.ndarray, factor: float, faces: int, others: tuple[DetectedFace, ...] = ()

@@ -164,8 +164,9 @@ class Recognizer:
         return outcomes
 
     def enroll(self, images: Sequence[ImageInput]) -> list[EnrollOutcome]:
-        """An embedding for each photo with exactly one face; `not_one_face` or the decode error otherwise."""
-        faces, outcomes = self._detect(images)
+        """An embedding for each photo with exactly one face; `not_one_face` or the decode error otherwise.
+        Every face counts, however small (the whole pyramid is searched)."""
+        faces, outcomes = self._detect(images, whole_pyramid=True)
         results: list[EnrollOutcome] = []
         usable = [(index, face) for index, face in enumerate(faces) if face is not None and face.faces == 1]
         vectors: np.ndarray | list[Embedding] = (
@@ -323,6 +324,8 @@ class Recognizer:
         images: Sequence[ImageInput],
         every_face: Sequence[bool] | None = None,
         seconds: dict[str, float] | None = None,
+        *,
+        whole_pyramid: bool = False,
     ) -> tuple[list[DetectedFace | None], list[Outcome]]:
         """Faces for the decodable images; outcomes pre-filled with NoFace / ImageRejected for the rest.
 
@@ -337,12 +340,12 @@ class Recognizer:
         for index, data in enumerate(images):
             pixels = decoded_pixels(data, max_side)
             if part and held + pixels > budget:
-                self._detect_part(images, part, every_face, faces, outcomes, seconds)
+                self._detect_part(images, part, every_face, faces, outcomes, seconds, whole_pyramid)
                 part, held = [], 0
             part.append(index)
             held += pixels
         if part:
-            self._detect_part(images, part, every_face, faces, outcomes, seconds)
+            self._detect_part(images, part, every_face, faces, outcomes, seconds, whole_pyramid)
         return faces, outcomes
 
     def _detect_part(
@@ -353,6 +356,7 @@ class Recognizer:
         faces: list[DetectedFace | None],
         outcomes: list[Outcome],
         seconds: dict[str, float] | None = None,
+        whole_pyramid: bool = False,
     ) -> None:
         started = time.perf_counter()
         decoded: list[Image.Image] = []
@@ -368,7 +372,10 @@ class Recognizer:
             except ImageDecodeError as exc:
                 outcomes[index] = ImageRejected(exc.code, exc.message)
         decoded_at = time.perf_counter()
-        detected = self.detector.detect(decoded, every) if any(every) else self.detector.detect(decoded)
+        if whole_pyramid:
+            detected = self.detector.detect(decoded, every, whole_pyramid=True)
+        else:
+            detected = self.detector.detect(decoded, every) if any(every) else self.detector.detect(decoded)
         if seconds is not None:
             seconds["decode"] = seconds.get("decode", 0.0) + decoded_at - started
             seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - decoded_at

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facerec.recognition.sidecars import read_json_object
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,7 @@ def expected_stamp(settings: Settings, weights_id: str, weights_sha256: str) -> 
 
 
 def read_sidecar(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(_sidecar_path(folder).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(_sidecar_path(folder))
 
 
 def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:

@@ -28,6 +28,7 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 
 from facerec.recognition.graphdef import DT_FLOAT, Node, TensorValue, const_value, facenet_graph_path, iter_nodes
+from facerec.recognition.sidecars import read_json_object
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -276,11 +277,7 @@ def _source_stamp(graph: Path) -> dict[str, Any]:
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(_sidecar_path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(_sidecar_path(path))
 
 
 def _cache_sidecar(path: Path, graph: Path) -> dict[str, Any] | None:

@@ -134,3 +134,33 @@ async def test_a_leader_that_stops_hands_the_fleet_over(processes: list[Process]
     # The new leader opens its own fleet and scales on its own demand.
     await until(lambda: len(other.fleet.workers) == 2)
     assert leader.fleet.workers == {} and not leader.leading
+
+
+async def test_the_last_process_to_stop_stops_the_workers_even_if_another_left_since_its_last_heartbeat(
+    processes: list[Process], caplog: pytest.LogCaptureFixture
+) -> None:
+    """On EC2 workers left running cost money until a next leader adopts them; when the only other process has
+    just left, no next leader comes: the stopping leader must see that, not its last heartbeat's member list."""
+    await until(lambda: any(p.leading for p in processes))
+    leader, other = processes if processes[0].leading else processes[::-1]
+    leader.wait_on(2)
+    await until(lambda: len(leader.fleet.workers) == 2 and len(leader.deployment.live_members) == 2)
+    as_last_read = list(leader.deployment.live_members)
+    await other.stop()  # a clean stop: it leaves the deployment
+    leader.deployment.live_members = as_last_read  # the leader has not read the members since
+    with caplog.at_level("INFO", logger="facerec.scaler.service"):
+        await leader.stop()
+    assert "workers_stopped_on_exit" in [r.getMessage() for r in caplog.records]
+    assert leader.service.left_running == []
+
+
+async def test_a_leader_that_stops_while_another_process_lives_leaves_the_workers_to_it(
+    processes: list[Process], caplog: pytest.LogCaptureFixture
+) -> None:
+    await until(lambda: any(p.leading for p in processes))
+    leader, _ = processes if processes[0].leading else processes[::-1]
+    leader.wait_on(2)
+    await until(lambda: len(leader.fleet.workers) == 2)
+    with caplog.at_level("INFO", logger="facerec.scaler.service"):
+        await leader.stop()
+    assert "workers_stopped_on_exit" not in [r.getMessage() for r in caplog.records]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
@@ -24,6 +24,8 @@ from facerec.web.deployment import Deployment
 log = logging.getLogger(__name__)
 
 STATES_TTL_S = 0.5
+MEMBERS_AT_STOP_TIMEOUT_S = 5.0
+"""How long a stopping leader waits to learn whether other web processes are still live (else: as last known)."""
 
 
 class NotLeading(LookupError):
@@ -107,13 +109,25 @@ class ScalerService:
         pending.add_listener(lambda: self.scaler.notify() if self.scaler is not None else None)
         deployment: Deployment | None = getattr(app.state, "deployment", None)
         if deployment is None:
-            async with self._term(app, data, lambda: pending.in_flight, stop_workers=lambda: True):
+            async with self._term(app, data, lambda: pending.in_flight, stop_workers=_always):
                 yield
             return
 
         def demand() -> int:
             # Exact for this process; the others' as of their last heartbeat (immediate on 0 <-> non-0).
             return int(pending.in_flight + deployment.others_in_flight())
+
+        async def last_live_process() -> bool:
+            if not self._stopping:
+                return False
+            # Read now, not as of the last heartbeat: a process that left a moment ago would otherwise still count,
+            # and the instances would be left running for a next leader that never comes.
+            try:
+                async with asyncio.timeout(MEMBERS_AT_STOP_TIMEOUT_S):
+                    await deployment.read_members()
+            except (PortError, TimeoutError) as exc:
+                log.warning("members_unreadable_at_stop", extra={"error": error_text(exc)})
+            return len(deployment.live_members) <= 1
 
         @asynccontextmanager
         async def term() -> AsyncIterator[None]:
@@ -122,9 +136,7 @@ class ScalerService:
                 # Only the clean stop of the last live web process stops the workers: a demoted leader, or one
                 # stopping while others run, leaves them to the next leader, who adopts them (EC2: they are state
                 # in EC2); local workers are this process's children and end when its fleet closes either way.
-                async with self._term(
-                    app, data, demand, stop_workers=lambda: self._stopping and len(deployment.live_members) <= 1
-                ):
+                async with self._term(app, data, demand, stop_workers=last_live_process):
                     yield
             finally:
                 deployment.fresh_members = False
@@ -144,7 +156,11 @@ class ScalerService:
 
     @asynccontextmanager
     async def _term(
-        self, app: FastAPI, data: DataTier, in_flight: Callable[[], int], stop_workers: Callable[[], bool]
+        self,
+        app: FastAPI,
+        data: DataTier,
+        in_flight: Callable[[], int],
+        stop_workers: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[None]:
         """Open the fleet and run the scaler on it; on exit stop the scaler, the workers when `stop_workers()`
         says so, then close the fleet."""
@@ -174,7 +190,7 @@ class ScalerService:
                     await task
                 self.fleet = self.scaler = None
                 self._states = None
-                if stop_workers():
+                if await stop_workers():
                     self.left_running = await self._stop_all(fleet)
                 log.info("scaler_stopped")
 
@@ -194,3 +210,8 @@ class ScalerService:
         if active:
             log.warning("workers_left_running", extra={"workers": [w.name for w in active]})
         return active
+
+
+async def _always() -> bool:
+    """A lone web process (no deployment) always stops its workers on a clean stop."""
+    return True

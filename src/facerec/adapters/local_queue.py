@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 RECEIVE_MAX = 10
 WAIT_MAX_S = 20.0
 BUSY_TIMEOUT_MS = 10_000
+WAL_SWITCH_RETRY_S = 0.005
 CHECK_BUSY_TIMEOUT_S = 0.5
 """The readiness probe's own busy timeout: a probe answers within seconds, whatever holds the database."""
 POLL_FAST_S = 0.001
@@ -186,6 +187,24 @@ class _ChangeWatcher:
         self._connection.close()
 
 
+def _wal_mode(connection: sqlite3.Connection, deadline: float) -> str:
+    """Switch the file to WAL (persistent: once any connection did, the others find it so) and return the mode.
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once instead of waiting in
+    the busy handler when another connection is opening the same new file: two workers started together on a
+    fresh data directory did (one in three runs of a test), and the loser crashed. Retried until `deadline`."""
+    while True:
+        try:
+            current = str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+            if current.lower() == "wal":
+                return current
+            return str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_S)
+
+
 class SqliteDatabase:
     """The SQLite file holding all queues of one data tier; `await SqliteDatabase.open(path)`, then `aclose()`."""
 
@@ -228,7 +247,7 @@ class SqliteDatabase:
         return connection
 
     def _create_schema(self, connection: sqlite3.Connection) -> None:
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _wal_mode(connection, deadline=time.monotonic() + BUSY_TIMEOUT_MS / 1000)
         if str(mode).lower() != "wal":
             raise PortError(f"queue database {self.path}: WAL mode unavailable (got {mode})")
         connection.executescript(_SCHEMA)

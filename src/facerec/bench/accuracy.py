@@ -127,6 +127,7 @@ def versus_fp32(
 ) -> dict[str, Any]:
     """For a non-fp32 variant: its embeddings' distance to fp32's (same photos), the held-out figures of fp32 at
     the shipped thresholds, and of a gallery enrolled by fp32 probed by this variant (an fp32 gallery kept)."""
+    from facerec.recognition.compiled import distance_summary
     from facerec.recognition.recognizer import Recognizer
 
     fp32 = Recognizer(settings.model_copy(update={"embedding_variant": "fp32"}), threshold_needed=False)
@@ -135,12 +136,7 @@ def versus_fp32(
     held = [name for name in held_out_names if name in plain]
     mixed = {name: np.concatenate([reference[name][:ENROLL_PHOTOS], plain[name][ENROLL_PHOTOS:]]) for name in held}
     result = {
-        "distance": {
-            "median": round(float(np.median(gaps)), 4),
-            "p95": round(float(np.percentile(gaps, 95)), 4),
-            "max": round(float(gaps.max()), 4),
-            "faces": len(gaps),
-        },
+        "distance": {**distance_summary(gaps), "faces": len(gaps)},
         "fp32_at_shipped": evaluate(
             {n: reference[n] for n in held}, shipped.recognition, shipped.verification, enrollable
         ),

@@ -99,9 +99,10 @@ def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
         return
     photos = compiled.photo_files(calibration_dir) if calibration_dir.is_dir() else []
     crops = compiled.calibration_crops(settings, photos, compiled.CALIBRATION_CROPS + compiled.CHECK_CROPS)
-    if len(crops) < 16:
+    if len(crops) < compiled.MIN_CALIBRATION_CROPS:
         click.echo(
-            f"int8: not built: {len(crops)} faces found in {calibration_dir} (16 or more needed to calibrate); "
+            f"int8: not built: {len(crops)} faces found in {calibration_dir} ({compiled.MIN_CALIBRATION_CROPS} or "
+            "more needed to calibrate); "
             "workers with FACEREC_EMBEDDING_VARIANT=int8 embed in fp32",
             err=True,
         )

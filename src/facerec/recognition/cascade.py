@@ -11,8 +11,8 @@ facenet-pytorch's networks and weights, its thresholds and its box arithmetic; w
 - R-Net and O-Net run once each over every candidate of the batch, and their inputs are cut and resampled
   by `roi_align` (one call per halving level, see `Halvings`: ~ the "area" resampling of the original)
   instead of one `interpolate` per candidate (7000 calls per 100 photos);
-- the final "Min" non-maximum suppression stays in torch (facenet-pytorch goes through numpy here, and its
-  batching breaks with numpy 2 on a batch that holds an image without faces).
+- the final "Min" non-maximum suppression is ours, over the whole batch: overlaps in torch, the greedy pass in
+  numpy (facenet-pytorch's version breaks with numpy 2 on a batch that holds an image without faces).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ matches; otherwise the worker embeds in fp32 and says so once in its log.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -43,6 +42,8 @@ CALIBRATION_CROPS = 64
 """Face crops the activation ranges are measured on (more changed the embeddings by less than 0.005)."""
 CHECK_CROPS = 32
 """Further crops, not calibrated on, on which the build measures the distance to fp32 it records."""
+MIN_CALIBRATION_CROPS = 16
+"""Fewer faces found in the calibration photos and nothing is built (workers embed in fp32)."""
 
 
 class Int8Unavailable(RuntimeError):
@@ -160,7 +161,12 @@ def _distances(model: torch.nn.Module, embedder: Int8Embedder, crops: torch.Tens
             chunk = crops[start : start + max(INT8_BATCHES)].contiguous(memory_format=torch.channels_last)
             reference.append(_unit(model(chunk)))
             quantised.append(_unit(embedder(chunk)))
-    gaps = np.linalg.norm(np.concatenate(quantised) - np.concatenate(reference), axis=1)
+    return distance_summary(np.linalg.norm(np.concatenate(quantised) - np.concatenate(reference), axis=1))
+
+
+def distance_summary(gaps: np.ndarray) -> dict[str, float]:
+    """Median, p95 and max of distances between int8 and fp32 unit embeddings (the sidecar's and the accuracy
+    benchmark's figures)."""
     return {
         "median": round(float(np.median(gaps)), 4),
         "p95": round(float(np.percentile(gaps, 95)), 4),
@@ -228,9 +234,8 @@ def build_int8(
 
 def calibration_crops(settings: Settings, photos: Sequence[Path], wanted: int) -> torch.Tensor:
     """Up to `wanted` standardised face crops detected (as a worker would) in `photos`, one per photo."""
-    from PIL import Image
-
     from facerec.recognition.detection import FaceDetector
+    from facerec.recognition.images import ImageDecodeError, decode_image
 
     detector = FaceDetector(settings)
     crops: list[torch.Tensor] = []
@@ -241,8 +246,9 @@ def calibration_crops(settings: Settings, photos: Sequence[Path], wanted: int) -
         images = []
         for photo in photos[start : start + step]:
             try:
-                images.append(Image.open(io.BytesIO(photo.read_bytes())).convert("RGB"))
-            except (OSError, ValueError):
+                # The workers' decoder: upright by EXIF, the same formats and pixel limits.
+                images.append(decode_image(photo.read_bytes(), settings.max_image_pixels, settings.decode_max_side))
+            except (ImageDecodeError, OSError):
                 continue  # not an image: calibration takes what it can
         crops += [face.crop for face in detector.detect(images) if face is not None]
     if not crops:

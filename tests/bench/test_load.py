@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,29 @@ async def recognize(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"{stem}:{ANSWERS[stem]}")
 
 
+@dataclass
+class Seen:
+    """What `/lanes` saw: the client ports (one per connection) and the most requests in flight at once."""
+
+    ports: set[int] = field(default_factory=set)
+    in_flight: int = 0
+    most: int = 0
+
+
+SEEN = Seen()
+
+
+async def lanes(request: Request) -> PlainTextResponse:
+    assert request.client is not None
+    SEEN.ports.add(request.client.port)
+    SEEN.in_flight += 1
+    SEEN.most = max(SEEN.most, SEEN.in_flight)
+    try:
+        return await recognize(request)
+    finally:
+        SEEN.in_flight -= 1
+
+
 async def metrics(_: Request) -> PlainTextResponse:
     return PlainTextResponse(
         "# TYPE facerec_in_flight_requests gauge\nfacerec_in_flight_requests 3\n"
@@ -44,7 +68,12 @@ async def metrics(_: Request) -> PlainTextResponse:
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    app = Starlette(routes=[Route("/", recognize, methods=["POST"]), Route("/metrics", metrics)])
+    routes = [
+        Route("/", recognize, methods=["POST"]),
+        Route("/lanes", lanes, methods=["POST"]),
+        Route("/metrics", metrics),
+    ]
+    app = Starlette(routes=routes)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -93,6 +122,19 @@ async def test_run_counts_correct_wrong_and_failed(server_url: str, workload: tu
     assert summary["latency_p50_s"] <= summary["latency_p99_s"] <= summary["latency_max_s"]
     assert summary["max_workers_seen"] == 2
     assert any(s.in_flight == 3 for s in run.samples)
+
+
+async def test_each_lane_keeps_one_connection_and_the_concurrency_is_reached(
+    server_url: str, workload: tuple[Path, Path]
+) -> None:
+    folder, _ = workload
+    files = sorted(folder.glob("[abc].jpg"))
+    SEEN.ports.clear()
+    SEEN.most = 0
+    run = await run_load(server_url + "lanes", files, 60, concurrency=6, labels={}, sample=False, progress=False)
+    assert summarize(run)["succeeded"] == 60
+    assert SEEN.most == 6  # never more than asked for, and all of it used
+    assert len(SEEN.ports) == 6  # kept alive: one connection per lane, no reconnects
 
 
 def test_cli_prints_course_lines_and_writes_json_and_plot(

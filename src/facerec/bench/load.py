@@ -8,6 +8,7 @@ percentiles, while sampling the service's `/metrics` to draw the worker-count ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import statistics
@@ -123,35 +124,52 @@ async def run_load(
     progress: bool = True,
     linger_s: float = 3.0,
 ) -> LoadRun:
+    """`num_requests` POSTs by `concurrency` lanes, each a client of its own sending one request after another on
+    its own kept-alive connection (the course's generator: a thread per lane).
+
+    Lanes rather than one client shared by `concurrency` tasks: httpcore's pool (1.0.9) hands the same idle
+    connection to several queued requests at once and sends the losers back to the queue. Measured against one
+    web process with 100 concurrent requests: requests waited 2-5 s in the client before sending while 55
+    connections sat idle until the server's keep-alive closed them, and the service looked half as fast (42-65
+    vs 78-86 requests/s over repeated runs)."""
     payloads = {path: path.read_bytes() for path in files}
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    semaphore = asyncio.Semaphore(concurrency)
+    lanes = max(1, min(concurrency, num_requests))
+    # One TLS context for every lane: each client building its own costs ~25 ms (2.5 s for 100 lanes).
+    tls = httpx.create_ssl_context()
+    clients = [
+        httpx.AsyncClient(timeout=timeout_s, verify=tls, limits=httpx.Limits(max_connections=1)) for _ in range(lanes)
+    ]
+    indices = iter(range(num_requests))
     records: list[RequestRecord] = []
     samples: list[MetricsSample] = []
     bar = tqdm(total=num_requests, unit="req", disable=not progress, leave=False)
 
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        t0 = time.perf_counter()
-
-        async def one(index: int) -> None:
+    async def lane(client: httpx.AsyncClient) -> None:
+        for index in indices:  # shared: each lane takes the next request when its previous one is answered
             path = files[index % len(files)]
-            async with semaphore:
-                started = time.perf_counter()
-                status: int | None = None
-                answer = ""
-                try:
-                    response = await client.post(url, files={"inputFile": (path.name, payloads[path], "image/jpeg")})
-                    status, answer = response.status_code, response.text
-                except httpx.HTTPError as exc:
-                    answer = f"{type(exc).__name__}: {exc}"
-                latency = time.perf_counter() - started
+            started = time.perf_counter()
+            status: int | None = None
+            answer = ""
+            try:
+                response = await client.post(url, files={"inputFile": (path.name, payloads[path], "image/jpeg")})
+                status, answer = response.status_code, response.text
+            except httpx.HTTPError as exc:
+                answer = f"{type(exc).__name__}: {exc}"
+            latency = time.perf_counter() - started
             correct = judge(path.name, status, answer, labels)
             records.append(RequestRecord(path.name, started - t0, latency, status, answer, correct))
             bar.update(1)
 
-        sampler = asyncio.create_task(sample_metrics(client, urljoin(url, "/metrics"), t0, samples)) if sample else None
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        monitor = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout_s, verify=tls))
+        t0 = time.perf_counter()
+        sampler = (
+            asyncio.create_task(sample_metrics(monitor, urljoin(url, "/metrics"), t0, samples)) if sample else None
+        )
         try:
-            await asyncio.gather(*(one(i) for i in range(num_requests)))
+            await asyncio.gather(*(lane(client) for client in clients))
             duration = time.perf_counter() - t0
             if sampler is not None:
                 # Keep sampling briefly: the worker count falling back to zero is part of the picture.

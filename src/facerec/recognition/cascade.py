@@ -62,7 +62,8 @@ def pyramid(height: int, width: int, min_face: float, factor: float = FACTOR) ->
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - 127.5) * 0.0078125
+    # One new tensor in the input's memory format, scaled in place: half the memory traffic of `(x - a) * b`.
+    return (pixels - 127.5).mul_(0.0078125)
 
 
 def _pnet_candidates(
@@ -217,7 +218,8 @@ def detect(
     started = time.perf_counter()
     # Normalised once for all three stages. channels_last throughout: measured 2-8x faster for these small
     # networks' max-pooling and ~2x for R-Net as a whole (it carries through resampling and convolutions).
-    images = _normalise(images).contiguous(memory_format=torch.channels_last)
+    # Decoded pixels arrive channels_last already (HWC), so this is no copy.
+    images = _normalise(images.contiguous(memory_format=torch.channels_last))
     boxes, owners = _pnet_candidates(images, nets, pyramid(height, width, min_face), thresholds[0], max_pixels)
     if len(boxes) == 0:
         _lap(seconds, "pnet", started)

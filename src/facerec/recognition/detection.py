@@ -136,7 +136,9 @@ class FaceDetector:
     ) -> list[torch.Tensor]:
         pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in same_size]))
         with torch.inference_mode():
-            batch = pixels.permute(0, 3, 1, 2).float().contiguous()
+            # [N, 3, H, W] with channels_last strides, the decoded HWC layout, which is what the cascade runs in:
+            # a contiguous NCHW copy here cost two layout conversions of the batch (~10 ms per 16 LFW photos).
+            batch = pixels.permute(0, 3, 1, 2).float()
             del pixels
             return cascade.detect(batch, self.nets, min_face, MAX_PIXELS_PER_CALL, cascade.THRESHOLDS, seconds)
 

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         description="Embed each face and its mirror image and average them (test-time augmentation): costs a "
         "second forward pass per face; see docs/benchmarks.md for what it buys.",
     )
+    detector_variant: Literal["compiled", "eager"] = Field(
+        "compiled",
+        description="`compiled`: run MTCNN's R-Net and O-Net from the packages built by `facerec weights prepare "
+        "--detector` (the same numbers, faster; falls back to `eager`, logged once, when they are missing or were "
+        "built for another torch or CPU).",
+    )
     embedding_variant: Literal["fp32", "int8"] = Field(
         "int8",
         description="`int8`: embed with the int8 model compiled by `facerec weights prepare --int8` (falls back to "

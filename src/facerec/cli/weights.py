@@ -49,6 +49,13 @@ def weights() -> None:
 @_weights_options
 @click.option("--log-level", default="WARNING", show_default=True)
 @click.option(
+    "--detector",
+    "build_detector",
+    is_flag=True,
+    help="Also compile MTCNN's R-Net and O-Net for FACEREC_DETECTOR_VARIANT=compiled (about 30 s, needs a C++ "
+    "compiler; skipped when already built for this torch and CPU).",
+)
+@click.option(
     "--int8",
     "build_int8",
     is_flag=True,
@@ -63,9 +70,10 @@ def weights() -> None:
     help="Face photos (searched recursively) the int8 model is calibrated on: any photos of faces will do, e.g. "
     "the ones you enroll. With fewer than 16 faces found the int8 model is not built and workers use fp32.",
 )
-def prepare(log_level: str, build_int8: bool, calibration_dir: Path, **overrides: Any) -> None:
+def prepare(log_level: str, build_detector: bool, build_int8: bool, calibration_dir: Path, **overrides: Any) -> None:
     """Convert (if not cached yet) and verify the weights; print their file, sha256 and the time taken."""
-    from facerec.recognition.weights import WeightsUnavailable, prepare_weights, sha256_file
+    from facerec.recognition.sidecars import sha256_file
+    from facerec.recognition.weights import WeightsUnavailable, prepare_weights
 
     configure_logging(log_level.upper())
     settings = _settings(overrides)
@@ -79,8 +87,31 @@ def prepare(log_level: str, build_int8: bool, calibration_dir: Path, **overrides
     click.echo(f"path: {path}")
     click.echo(f"sha256: {sha256_file(path)}")
     click.echo(f"seconds: {seconds:.2f}")
+    if build_detector:
+        _prepare_detector(settings)
     if build_int8:
         _prepare_int8(settings, calibration_dir)
+
+
+def _prepare_detector(settings: Settings) -> None:
+    from facerec.recognition import compiled_detector
+
+    started = time.perf_counter()
+    folder = compiled_detector.package_dir(settings)
+    stamp = compiled_detector.expected_stamp()
+    if compiled_detector.stale_reason(folder, stamp) is None:
+        click.echo(f"detector: {folder} (up to date)")
+        return
+    try:
+        sidecar = compiled_detector.build(folder, stamp)
+    except compiled_detector.DetectorUnavailable as exc:
+        click.echo(f"detector: not built: {exc}; workers run the eager R-Net and O-Net", err=True)
+        return
+    differences = sidecar["largest_difference_to_eager"]
+    click.echo(
+        f"detector: {folder} (built in {time.perf_counter() - started:.0f} s; largest difference to eager "
+        f"{max(differences.values()):.1e})"
+    )
 
 
 def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:

@@ -18,7 +18,7 @@ facenet-pytorch's networks and weights, its thresholds and its box arithmetic; w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +37,15 @@ RNET_SIDE = 24
 ONET_SIDE = 48
 
 
+Net = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+"""A cascade stage's network: patches -> its outputs (facenet-pytorch's module, or its compiled package)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Nets:
     pnet: PNet
-    rnet: RNet
-    onet: ONet
+    rnet: Net
+    onet: Net
 
     @classmethod
     def pretrained(cls) -> Nets:
@@ -263,7 +267,7 @@ def _passing(
     owners: torch.Tensor,
     threshold: float,
     size: int,
-    net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    net: Net,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The candidates inside their image, scored by `net` (box offsets, face probabilities) on `size`-pixel
     patches: those above `threshold`, as (x1, y1, x2, y2, score) rows with their owners and offsets."""
@@ -283,7 +287,7 @@ def _refine(
     halvings: Halvings, boxes: torch.Tensor, owners: torch.Tensor, nets: Nets, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """R-Net over every candidate of the batch at once."""
-    boxes, owners, offsets = _passing(halvings, boxes, owners, threshold, RNET_SIDE, lambda patches: nets.rnet(patches))
+    boxes, owners, offsets = _passing(halvings, boxes, owners, threshold, RNET_SIDE, nets.rnet)
     keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
     return _square(_regress(boxes[keep], offsets[keep])), owners[keep]
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.recognition.sidecars import read_json_object
+from facerec.recognition.sidecars import read_json_object, sha256_file
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,6 @@ class Int8Embedder:
 
 def load_int8(settings: Settings, weights_id: str, weights_sha256: str) -> Int8Embedder | str:
     """The package for these weights, or why it cannot be used (missing, stale, corrupt, fails to load)."""
-    from facerec.recognition.weights import sha256_file
-
     folder = package_dir(settings, weights_id)
     reason = stale_reason(folder, expected_stamp(settings, weights_id, weights_sha256))
     if reason is not None:
@@ -191,7 +189,7 @@ def build_int8(
         raise Int8Unavailable(f"torchao is not installed ({exc}); `pip install torchao==0.18.0`") from exc
     import torch._inductor.config as inductor_config
 
-    from facerec.recognition.weights import atomic_write, sha256_file
+    from facerec.recognition.weights import atomic_write
 
     started = time.perf_counter()
     largest = max(INT8_BATCHES)

@@ -62,6 +62,21 @@ class FaceDetector:
         self.min_face_size = settings.min_face_size
         self.min_face_ratio = settings.min_face_ratio
         self.nets = cascade.Nets.pretrained()
+        self.compiled = settings.detector_variant == "compiled" and self._use_compiled(settings)
+        """Whether R-Net and O-Net run from their compiled packages."""
+
+    def _use_compiled(self, settings: Settings) -> bool:
+        """Swap in the compiled R-Net and O-Net when their packages are usable here; else say why, once."""
+        from facerec.recognition import compiled_detector
+
+        started = time.perf_counter()
+        loaded = compiled_detector.load(settings)
+        if isinstance(loaded, str):
+            log.warning("detector_compiled_unavailable_using_eager", extra={"reason": loaded})
+            return False
+        self.nets = cascade.Nets(self.nets.pnet, loaded["rnet"], loaded["onet"])
+        log.info("detector_compiled_loaded", extra={"seconds": round(time.perf_counter() - started, 3)})
+        return True
 
     def detect(
         self,

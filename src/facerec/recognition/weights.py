@@ -28,7 +28,7 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 
 from facerec.recognition.graphdef import DT_FLOAT, Node, TensorValue, const_value, facenet_graph_path, iter_nodes
-from facerec.recognition.sidecars import read_json_object
+from facerec.recognition.sidecars import read_json_object, sha256_file
 from facerec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -221,14 +221,6 @@ def _check_block_scales(model: InceptionResnetV1, weights: Mapping[str, np.ndarr
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def casia_cache_path(settings: Settings) -> Path:

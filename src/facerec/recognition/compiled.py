@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facerec.recognition import sidecars
 from facerec.recognition.sidecars import read_json_object, sha256_file
 from facerec.settings import Settings
 
@@ -88,13 +89,8 @@ def read_sidecar(folder: Path) -> dict[str, Any] | None:
 
 def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:
     """Why the packages in `folder` cannot be used for `stamp` (None: they can), without reading them."""
-    sidecar = read_sidecar(folder)
-    if sidecar is None or not all(_package(folder, size).is_file() for size in INT8_BATCHES):
-        return "not built (run `facerec weights prepare --int8`)"
-    different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
-    if different:
-        return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
-    return None
+    packages = [_package(folder, size) for size in INT8_BATCHES]
+    return sidecars.stale_reason(read_sidecar(folder), packages, stamp, "--int8")
 
 
 class Int8Embedder:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from facerec.recognition import sidecars
 from facerec.recognition.cascade import ONET_SIDE, RNET_SIDE
 from facerec.recognition.compiled import cpu_capability
 from facerec.recognition.sidecars import read_json_object, sha256_file
@@ -93,13 +94,8 @@ def read_sidecar(folder: Path) -> dict[str, Any] | None:
 
 def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:
     """Why the packages in `folder` cannot be used for `stamp` (None: they can), without loading them."""
-    sidecar = read_sidecar(folder)
-    if sidecar is None or not all(_package(folder, name).is_file() for name in NET_SIDES):
-        return "not built (run `facerec weights prepare --detector`)"
-    different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
-    if different:
-        return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
-    return None
+    packages = [_package(folder, name) for name in NET_SIDES]
+    return sidecars.stale_reason(read_sidecar(folder), packages, stamp, "--detector")
 
 
 class CompiledNet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +25,16 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def stale_reason(
+    sidecar: dict[str, Any] | None, packages: Iterable[Path], stamp: dict[str, Any], flag: str
+) -> str | None:
+    """Why compiled packages described by `sidecar` cannot be used for `stamp` (None: they can), without reading
+    them: missing (built by `facerec weights prepare <flag>`), or built from or for something else."""
+    if sidecar is None or not all(package.is_file() for package in packages):
+        return f"not built (run `facerec weights prepare {flag}`)"
+    different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
+    if different:
+        return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
+    return None

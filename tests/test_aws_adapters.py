@@ -158,3 +158,29 @@ async def test_connection_failures_are_port_errors() -> None:
     for call in calls:
         with pytest.raises(PortError, match="Could not connect"):
             await call()
+
+
+async def test_sessions_share_one_data_loader_so_service_models_are_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore import loaders
+
+    from facerec.adapters.aws_session import AwsClients, shared_data_loader
+
+    settings = Settings(aws_region="us-east-1", aws_endpoint_url="http://127.0.0.1:9")  # no call is made
+    async with AwsClients(settings) as aws:  # whatever this process had not read yet, read once here
+        await aws.s3(), await aws.sqs(), await aws.ec2()
+    paths = list(shared_data_loader().search_paths)
+    reads: list[str] = []
+    original = loaders.JSONFileLoader.load_file
+
+    def counting(self: loaders.JSONFileLoader, file_path: str) -> Any:
+        reads.append(file_path)
+        return original(self, file_path)
+
+    monkeypatch.setattr(loaders.JSONFileLoader, "load_file", counting)
+    for _ in range(2):
+        async with AwsClients(settings) as aws:
+            await aws.s3(), await aws.sqs(), await aws.ec2()
+    assert reads == []  # new sessions, new clients: no service model parsed again
+    assert shared_data_loader().search_paths == paths  # and the loader's search path does not grow per session

@@ -29,7 +29,9 @@ def test_passes():
 def run_inner(pytester: pytest.Pytester) -> pytest.RunResult:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(INNER)
-    return pytester.runpytest("-p", "tests.strict_skips")
+    # In-process: the inner run sees the outer xdist worker's environment; pytest-benchmark (where installed)
+    # would then warn that it is disabled, which is not what these tests count.
+    return pytester.runpytest("-p", "tests.strict_skips", "-p", "no:benchmark")
 
 
 @pytest.mark.parametrize("variable", ["CI", "FACEREC_FORBID_SKIPS"])

@@ -192,7 +192,7 @@ async def until(condition: object, timeout_s: float, what: str) -> float:
 
 
 def report(line: str) -> None:
-    print(line)  # shown with -s; the numbers the report of #15 quotes
+    print(line)  # shown with `-n 0 -s`; the numbers the report of #15 quotes
 
 
 @pytest.mark.timeout(180)  # about 40 s on this 2-core machine under other load, most of it the 1500 requests

@@ -46,9 +46,12 @@ def decode_image(data: bytes | Image.Image, max_pixels: int, max_side: int | Non
         return _to_rgb(ImageOps.exif_transpose(data))
     if not data:
         raise ImageDecodeError(NOT_AN_IMAGE, "empty file")
-    # Pillow's own guard raises at twice its limit; keep it at ours so both agree, and our own check
-    # below (from the header) answers first with a typed error.
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Pillow's own guard raises at twice its process-wide limit, before our check: raise that limit to ours when
+    # ours is higher (else photos our setting allows would be refused), never lower it (that would make every
+    # other image opened in this process, by anyone, subject to our setting). Our check below, from the header,
+    # answers with a typed error.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -48,8 +48,10 @@ class Nets:
     onet: Net
 
     @classmethod
-    def pretrained(cls) -> Nets:
-        return cls(PNet().eval(), RNet().eval(), ONet().eval())
+    def pretrained(cls, rnet: Net | None = None, onet: Net | None = None) -> Nets:
+        """facenet-pytorch's networks, R-Net and O-Net replaced by `rnet` and `onet` where given (their compiled
+        packages): the eager ones are then not built at all."""
+        return cls(PNet().eval(), RNet().eval() if rnet is None else rnet, ONet().eval() if onet is None else onet)
 
 
 def pyramid(height: int, width: int, min_face: float, factor: float = FACTOR) -> list[float]:

@@ -61,22 +61,10 @@ class FaceDetector:
         self.detect_max_side = settings.detect_max_side
         self.min_face_size = settings.min_face_size
         self.min_face_ratio = settings.min_face_ratio
-        self.nets = cascade.Nets.pretrained()
-        self.compiled = settings.detector_variant == "compiled" and self._use_compiled(settings)
+        compiled = _compiled_nets(settings) if settings.detector_variant == "compiled" else {}
+        self.nets = cascade.Nets.pretrained(rnet=compiled.get("rnet"), onet=compiled.get("onet"))
+        self.compiled = bool(compiled)
         """Whether R-Net and O-Net run from their compiled packages."""
-
-    def _use_compiled(self, settings: Settings) -> bool:
-        """Swap in the compiled R-Net and O-Net when their packages are usable here; else say why, once."""
-        from facerec.recognition import compiled_detector
-
-        started = time.perf_counter()
-        loaded = compiled_detector.load(settings)
-        if isinstance(loaded, str):
-            log.warning("detector_compiled_unavailable_using_eager", extra={"reason": loaded})
-            return False
-        self.nets = cascade.Nets(self.nets.pnet, loaded["rnet"], loaded["onet"])
-        log.info("detector_compiled_loaded", extra={"seconds": round(time.perf_counter() - started, 3)})
-        return True
 
     def detect(
         self,
@@ -196,3 +184,16 @@ class FaceDetector:
             faces=faces,
             others=others,
         )
+
+
+def _compiled_nets(settings: Settings) -> dict[str, cascade.Net]:
+    """The compiled R-Net and O-Net when their packages are usable here; else none, and why, logged once."""
+    from facerec.recognition import compiled_detector
+
+    started = time.perf_counter()
+    loaded = compiled_detector.load(settings)
+    if isinstance(loaded, str):
+        log.warning("detector_compiled_unavailable_using_eager", extra={"reason": loaded})
+        return {}
+    log.info("detector_compiled_loaded", extra={"seconds": round(time.perf_counter() - started, 3)})
+    return dict(loaded)

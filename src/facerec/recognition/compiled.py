@@ -87,10 +87,14 @@ def read_sidecar(folder: Path) -> dict[str, Any] | None:
     return read_json_object(_sidecar_path(folder))
 
 
+def _packages(folder: Path) -> dict[str, Path]:
+    """The package files by their key in the sidecar."""
+    return {str(size): _package(folder, size) for size in INT8_BATCHES}
+
+
 def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:
     """Why the packages in `folder` cannot be used for `stamp` (None: they can), without reading them."""
-    packages = [_package(folder, size) for size in INT8_BATCHES]
-    return sidecars.stale_reason(read_sidecar(folder), packages, stamp, "--int8")
+    return sidecars.stale_reason(read_sidecar(folder), _packages(folder).values(), stamp, "--int8")
 
 
 class Int8Embedder:
@@ -115,16 +119,15 @@ class Int8Embedder:
 def load_int8(settings: Settings, weights_id: str, weights_sha256: str) -> Int8Embedder | str:
     """The package for these weights, or why it cannot be used (missing, stale, corrupt, fails to load)."""
     folder = package_dir(settings, weights_id)
-    reason = stale_reason(folder, expected_stamp(settings, weights_id, weights_sha256))
+    sidecar = read_sidecar(folder)
+    stamp = expected_stamp(settings, weights_id, weights_sha256)
+    reason = sidecars.stale_reason(sidecar, _packages(folder).values(), stamp, "--int8")
     if reason is not None:
         return reason
-    sidecar = read_sidecar(folder) or {}
-    checksums = sidecar.get("sha256") or {}
+    assert sidecar is not None  # a missing sidecar is a stale reason
     try:
-        for size in INT8_BATCHES:
-            if sha256_file(_package(folder, size)) != checksums.get(str(size)):
-                return f"b{size}.pt2 does not match its checksum (rebuild with `facerec weights prepare --int8`)"
-        return Int8Embedder(_load_runners(folder), folder, sidecar)
+        mismatch = sidecars.checksum_mismatch(_packages(folder), sidecar, "--int8")
+        return mismatch or Int8Embedder(_load_runners(folder), folder, sidecar)
     except Exception as exc:  # a broken or foreign package raises many types; all mean "use fp32"
         return f"package failed to load: {type(exc).__name__}: {exc}"
 
@@ -212,7 +215,7 @@ def build_int8(
     loaded = Int8Embedder(_load_runners(folder), folder, {})
     sidecar = {
         **stamp,
-        "sha256": {str(size): sha256_file(_package(folder, size)) for size in INT8_BATCHES},
+        "sha256": {key: sha256_file(package) for key, package in _packages(folder).items()},
         "size": sum(_package(folder, size).stat().st_size for size in INT8_BATCHES),
         "calibration": calibration_source,
         "calibration_crops": len(calibration),

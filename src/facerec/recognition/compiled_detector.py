@@ -92,10 +92,14 @@ def read_sidecar(folder: Path) -> dict[str, Any] | None:
     return read_json_object(_sidecar_path(folder))
 
 
+def _packages(folder: Path) -> dict[str, Path]:
+    """The package files by their key in the sidecar."""
+    return {name: _package(folder, name) for name in NET_SIDES}
+
+
 def stale_reason(folder: Path, stamp: dict[str, Any]) -> str | None:
     """Why the packages in `folder` cannot be used for `stamp` (None: they can), without loading them."""
-    packages = [_package(folder, name) for name in NET_SIDES]
-    return sidecars.stale_reason(read_sidecar(folder), packages, stamp, "--detector")
+    return sidecars.stale_reason(read_sidecar(folder), _packages(folder).values(), stamp, "--detector")
 
 
 class CompiledNet:
@@ -111,15 +115,13 @@ class CompiledNet:
 def load(settings: Settings) -> dict[str, CompiledNet] | str:
     """The compiled R-Net and O-Net, or why they cannot be used (missing, stale, corrupt, fail to load)."""
     folder = package_dir(settings)
-    reason = stale_reason(folder, expected_stamp())
+    sidecar = read_sidecar(folder)
+    reason = sidecars.stale_reason(sidecar, _packages(folder).values(), expected_stamp(), "--detector")
     if reason is not None:
         return reason
-    checksums = (read_sidecar(folder) or {}).get("sha256") or {}
+    assert sidecar is not None  # a missing sidecar is a stale reason
     try:
-        for name in NET_SIDES:
-            if sha256_file(_package(folder, name)) != checksums.get(name):
-                return f"{name}.pt2 does not match its checksum (rebuild with `facerec weights prepare --detector`)"
-        return _load_runners(folder)
+        return sidecars.checksum_mismatch(_packages(folder), sidecar, "--detector") or _load_runners(folder)
     except Exception as exc:  # a broken or foreign package raises many types; all mean "run the eager nets"
         return f"package failed to load: {type(exc).__name__}: {exc}"
 
@@ -175,7 +177,7 @@ def build(folder: Path, stamp: dict[str, Any]) -> dict[str, Any]:
         raise DetectorUnavailable(f"compiled outputs differ from eager by {differences} (over {MAX_DIFFERENCE})")
     sidecar = {
         **stamp,
-        "sha256": {name: sha256_file(_package(folder, name)) for name in NET_SIDES},
+        "sha256": {key: sha256_file(package) for key, package in _packages(folder).items()},
         "size": sum(_package(folder, name).stat().st_size for name in NET_SIDES),
         "largest_difference_to_eager": differences,
         "compile_s": round(time.perf_counter() - started, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,4 +37,13 @@ def stale_reason(
     different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
     if different:
         return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
+    return None
+
+
+def checksum_mismatch(packages: Mapping[str, Path], sidecar: dict[str, Any], flag: str) -> str | None:
+    """Which of `packages` (sidecar key -> file) does not match the sha256 its sidecar recorded (None: all do)."""
+    recorded = sidecar.get("sha256") or {}
+    for key, package in packages.items():
+        if sha256_file(package) != recorded.get(key):
+            return f"{package.name} does not match its checksum (rebuild with `facerec weights prepare {flag}`)"
     return None

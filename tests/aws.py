@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from facerec.adapters.aws_session import AwsClients
@@ -80,3 +82,37 @@ def make_pool(ec2: Any, size: int, prefix: str = PREFIX) -> list[str]:
         ids[number] = reply["Instances"][0]["InstanceId"]
     ec2.stop_instances(InstanceIds=list(ids.values()))
     return [ids[n] for n in sorted(ids)]
+
+
+@contextmanager
+def first_boots(endpoint: str, prefix: str, boot_s: float = 0.3) -> Iterator[list[str]]:
+    """What the pool's user data does, which moto's instances do not run: each new instance of `prefix` stops
+    itself `boot_s` after it is first seen running. Yields the ids stopped so far."""
+    ec2 = boto3_client("ec2", endpoint)
+    seen: dict[str, float] = {}
+    stopped: list[str] = []
+    done = threading.Event()
+
+    def boot() -> None:
+        while not done.wait(0.05):
+            reply = ec2.describe_instances(
+                Filters=[
+                    {"Name": "tag:facerec:prefix", "Values": [prefix]},
+                    {"Name": "instance-state-name", "Values": ["running"]},
+                ]
+            )
+            for instance_id in (i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]):
+                if instance_id in stopped:
+                    continue
+                first = seen.setdefault(instance_id, time.monotonic())
+                if time.monotonic() - first >= boot_s:
+                    ec2.stop_instances(InstanceIds=[instance_id])
+                    stopped.append(instance_id)
+
+    thread = threading.Thread(target=boot, name="first-boots", daemon=True)
+    thread.start()
+    try:
+        yield stopped
+    finally:
+        done.set()
+        thread.join(timeout=10)

@@ -39,7 +39,7 @@ from click.testing import CliRunner
 from facerec.cli import main
 from facerec.provision import DEPLOY_DIR
 from facerec.testing import MOTO_REGION, jpeg_bytes
-from tests.aws import boto3_client, image_id
+from tests.aws import boto3_client, first_boots, image_id
 from tests.colour_model import GATE_ENV, GATED
 from tests.e2e.processes import free_port, wait_for_http
 from tests.paths import REPO_ROOT
@@ -53,6 +53,7 @@ SPREAD_REQUESTS = 20
 """Per web process, once there are two."""
 WORKERS = 2
 POOL = 3
+CALIBRATION_PHOTOS = 16
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Rehearsal:
     """Each `facerec` command line run as the README says, its exit code and output."""
     user_data: str = ""
     wheel_download: bytes = b""
+    calibration_download: bytes = b""
     worker_environment: dict[str, str] = field(default_factory=dict)
     answers: list[tuple[str, str]] = field(default_factory=list)
     """(answer, expected) for every recognition request."""
@@ -173,22 +175,30 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     wheel = workdir / "dist" / "facerec-0.0-py3-none-any.whl"
     wheel.parent.mkdir()
     wheel.write_bytes(b"rehearsal wheel")
-    # 2. Resources, roles and the stopped pool, then check them.
-    facerec(
-        rehearsal,
-        "aws",
-        "provision",
-        *aws_options,
-        "--create-roles",
-        "--pool",
-        str(POOL),
-        "--ami",
-        image_id(ec2),
-        "--wheel",
-        str(wheel),
-        "--torch-index",
-        TORCH_INDEX,
-    )
+    # The face photos the instances calibrate their int8 model on (moto's instances build nothing).
+    calibration = workdir / "calibration"
+    calibration.mkdir()
+    for number in range(CALIBRATION_PHOTOS):
+        (calibration / f"face-{number}.jpg").write_bytes(photo((number * 12, 100, 200)))
+    # 2. Resources, roles and the stopped pool (each instance stops itself after its first boot), then check them.
+    with first_boots(endpoint, prefix):
+        facerec(
+            rehearsal,
+            "aws",
+            "provision",
+            *aws_options,
+            "--create-roles",
+            "--pool",
+            str(POOL),
+            "--ami",
+            image_id(ec2),
+            "--wheel",
+            str(wheel),
+            "--torch-index",
+            TORCH_INDEX,
+            "--calibration-dir",
+            str(calibration),
+        )
     facerec(rehearsal, "aws", "status", *aws_options)
 
     _mark("provisioned", started)
@@ -220,6 +230,9 @@ def rehearse(endpoint: str, workdir: Path) -> Rehearsal:
     wheel_url = re.search(r"^wheel_url='([^']+)'$", rehearsal.user_data, re.MULTILINE)
     if wheel_url:  # what the instance's curl does: no credentials, only the presigned URL
         rehearsal.wheel_download = httpx.get(wheel_url.group(1), timeout=10).content
+    calibration_url = re.search(r"^calibration_url='([^']+)'$", rehearsal.user_data, re.MULTILINE)
+    if calibration_url:
+        rehearsal.calibration_download = httpx.get(calibration_url.group(1), timeout=10).content
     rehearsal.worker_environment = {
         **user_data_environment(rehearsal.user_data),
         **unit_environment(unit),

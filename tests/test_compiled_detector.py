@@ -92,3 +92,21 @@ def test_packages_built_for_other_weights_torch_or_cpu_are_stale_and_corrupt_one
     # The sidecar matches, the files do not: not loaded, and the answer says to rebuild.
     loaded = compiled_detector.load(settings)
     assert isinstance(loaded, str) and "checksum" in loaded
+
+
+def test_without_a_compiler_prepare_says_so_and_workers_keep_the_eager_nets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stock cloud image has no C++ compiler: the instance's first boot runs `weights prepare --detector`
+    anyway, and it must end well (exit 0, no package) so the worker is still installed and started."""
+    import torch._inductor.config as inductor_config
+    from click.testing import CliRunner
+
+    from facerec.cli.weights import weights
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    result = CliRunner().invoke(weights, ["prepare", "--detector", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "detector: not built: " in result.output and "workers run the eager R-Net and O-Net" in result.output
+    assert "no-such-g++" in result.output  # says which compiler it looked for
+    assert compiled_detector.read_sidecar(compiled_detector.package_dir(Settings(weights_cache_dir=tmp_path))) is None

@@ -98,3 +98,21 @@ def test_galleries_record_the_variant_and_older_ones_read_as_fp32() -> None:
     assert GalleryMeta(**older).embedding_variant == "fp32"  # type: ignore[arg-type]
     meta = GalleryMeta(**older, embedding_variant="int8")  # type: ignore[arg-type]
     assert meta.differences("casia-webface", Settings()) == [], "either variant matches the other's gallery"
+
+
+def test_without_a_compiler_the_int8_build_is_refused_and_leaves_no_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`weights prepare --int8` on an instance without a C++ compiler must end with "not built" (workers embed in
+    fp32), not a traceback that stops the instance's first boot. A small network stands in for the model."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
+    crops = torch.rand((20, 3, 24, 24), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(compiled.Int8Unavailable, match="no-such-g\\+\\+"):
+        compiled.build_int8(model, crops[:16], crops[16:], tmp_path / "int8", {"stamp": 1}, "test crops")
+    assert compiled.read_sidecar(tmp_path / "int8") is None

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -27,6 +27,7 @@ from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tag
 from facerec.adapters.s3_coordination import DEPLOYMENT_PREFIX, S3Coordination
 from facerec.adapters.sqs_queue import is_missing_queue
 from facerec.adapters.sqs_replies import reply_queue_urls
+from facerec.calibration_photos import zip_photos
 from facerec.gallery_store import BLOB_PREFIX
 from facerec.iam_roles import delete_roles, ensure_roles, roles_status
 from facerec.ports import WebMember
@@ -76,11 +77,13 @@ _WORKER_SETTINGS = (
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str
-    """bucket, rule, queue, role, profile, instance."""
+    """bucket, rule, queue, role, profile, instance, wheel, photos."""
     name: str
     outcome: str
     """created, updated, exists, deleted, kept, terminated, absent, or (status) the resource's state."""
     detail: str = ""
+    problem: bool = False
+    """Something the operator must see to: the command exits 1 after printing every action."""
 
     def __str__(self) -> str:
         return f"{self.outcome:<10} {self.kind:<8} {self.name}" + (f"  ({self.detail})" if self.detail else "")
@@ -155,10 +158,19 @@ class WheelSource:
     torch_index: str = ""
 
 
-def render_user_data(settings: Settings, template: Traversable = USER_DATA, wheel: WheelSource | None = None) -> str:
-    """The worker instances' user data from `template` (a `pathlib.Path` works too)."""
+def render_user_data(
+    settings: Settings,
+    template: Traversable = USER_DATA,
+    wheel: WheelSource | None = None,
+    calibration_url: str = "",
+    *,
+    stop_when_done: bool = False,
+) -> str:
+    """The worker instances' user data from `template` (a `pathlib.Path` works too); `calibration_url`: a
+    presigned download of the photos their int8 model is calibrated on (see `upload_calibration_photos`);
+    `stop_when_done`: the instance stops itself at the end of its first boot (the pool's instances)."""
     wheel = wheel or WheelSource()
-    for value in (wheel.url, wheel.name, wheel.torch_index):
+    for value in (wheel.url, wheel.name, wheel.torch_index, calibration_url):
         if "'" in value or "\n" in value:
             raise ValueError(f"cannot go into a single-quoted shell string: {value!r}")
     return render_template(
@@ -169,6 +181,8 @@ def render_user_data(settings: Settings, template: Traversable = USER_DATA, whee
             "wheel_url": wheel.url,
             "wheel_name": wheel.name,
             "torch_index": wheel.torch_index,
+            "calibration_url": calibration_url,
+            "stop_when_done": "yes" if stop_when_done else "",
         },
     )
 
@@ -188,6 +202,34 @@ async def upload_wheel(s3: S3Client, settings: Settings, wheel: Path, torch_inde
         "get_object", Params={"Bucket": settings.gallery_bucket, "Key": key}, ExpiresIn=WHEEL_URL_TTL_S
     )
     return WheelSource(url=url, name=wheel.name, torch_index=torch_index)
+
+
+CALIBRATION_KEY = WHEEL_PREFIX + "calibration-photos.zip"
+MIN_CALIBRATION_PHOTOS = 16
+"""The int8 build needs 16 faces (`compiled.MIN_CALIBRATION_CROPS`): fewer photos cannot give them."""
+
+
+def calibration_photos(folder: Path) -> tuple[bytes, int]:
+    """The zip `upload_calibration_photos` sends and how many photos it holds; ValueError when too few."""
+    archive, count = zip_photos(folder)
+    if count < MIN_CALIBRATION_PHOTOS:
+        raise ValueError(
+            f"{folder} has {count} photos (.jpg, .jpeg, .png, searched recursively); the int8 model is calibrated "
+            f"on the faces of at least {MIN_CALIBRATION_PHOTOS}"
+        )
+    return archive, count
+
+
+async def upload_calibration_photos(s3: S3Client, settings: Settings, folder: Path) -> tuple[str, int]:
+    """Put up to `UPLOADED_PHOTOS` face photos from `folder`, zipped, into the gallery bucket next to the wheel
+    and presign their download: each instance builds its int8 model from them at first boot, on its own CPU.
+    The presigned URL and the number of photos."""
+    archive, count = await asyncio.to_thread(calibration_photos, folder)
+    await s3.put_object(Bucket=settings.gallery_bucket, Key=CALIBRATION_KEY, Body=archive)
+    url = await s3.generate_presigned_url(
+        "get_object", Params={"Bucket": settings.gallery_bucket, "Key": CALIBRATION_KEY}, ExpiresIn=WHEEL_URL_TTL_S
+    )
+    return url, count
 
 
 # --- buckets and queues ---------------------------------------------------------------------------
@@ -332,11 +374,34 @@ class PoolSpec:
     wheel: Path | None = None
     """Uploaded to the gallery bucket; the instances install facerec from it at first boot."""
     torch_index: str = ""
+    calibration_dir: Path | None = None
+    """Face photos uploaded for the instances to calibrate their int8 model on; None: they embed in fp32."""
 
 
-async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec, user_data: str = "") -> list[Action]:
-    """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones) and then
-    stopped once running; existing ones are left as they are."""
+FIRST_BOOT_LIMIT_S = 20 * 60
+"""How long provision waits for a new instance's first boot (installing facerec and torch from the package
+index, building the models) to end."""
+FIRST_BOOT_POLLS_S = (0.5, 15.0)
+"""The first and the longest pause between two looks at the booting instances."""
+
+
+def stops_itself(template: Traversable) -> bool:
+    """Whether user data from `template` stops its instance at the end of the first boot (the shipped one does)."""
+    return "${stop_when_done}" in template.read_text(encoding="utf-8")
+
+
+async def ensure_pool(
+    ec2: EC2Client,
+    settings: Settings,
+    spec: PoolSpec,
+    user_data: str = "",
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[Action]:
+    """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones); existing ones
+    are left as they are. Their user data stops them at the end of the first boot, and this waits for that
+    (up to FIRST_BOOT_LIMIT_S): stopped earlier, cloud-init would never run it again. User data from a template
+    that does not stop its instance: stopped once running, as soon as EC2 allows."""
     if not 0 <= spec.size <= 99:
         raise ValueError("pool size must be between 0 and 99")
     existing = {
@@ -355,10 +420,49 @@ async def ensure_pool(ec2: EC2Client, settings: Settings, spec: PoolSpec, user_d
         return actions
     created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n, user_data) for n in missing))
     ids = [instance_id for instance_id, _ in created]
-    await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
-    await ec2.stop_instances(InstanceIds=ids)
-    actions += [Action("instance", name, "created", f"{instance_id}, stopping") for instance_id, name in created]
+    if not stops_itself(spec.user_data_template):
+        await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
+        await ec2.stop_instances(InstanceIds=ids)
+        return actions + [
+            Action("instance", name, "created", f"{instance_id}, stopping") for instance_id, name in created
+        ]
+    if progress is not None:
+        progress(
+            f"waiting for {len(ids)} new instance(s) to finish their first boot and stop (installing facerec, "
+            f"building the models; up to {_age(FIRST_BOOT_LIMIT_S)})"
+        )
+    booted = await wait_for_first_boots(ec2, ids, FIRST_BOOT_LIMIT_S, progress)
+    for instance_id, name in created:
+        if instance_id in booted:
+            detail = f"{instance_id}, stopped after its first boot ({_age(booted[instance_id])})"
+            actions.append(Action("instance", name, "created", detail))
+            continue
+        detail = (
+            f"{instance_id}, still in its first boot after {_age(FIRST_BOOT_LIMIT_S)}: its console output "
+            f"(`aws ec2 get-console-output --instance-id {instance_id}`) says why; it stops itself when done"
+        )
+        actions.append(Action("instance", name, "created", detail, problem=True))
     return actions
+
+
+async def wait_for_first_boots(
+    ec2: EC2Client, ids: list[str], within_s: float, progress: Callable[[str], None] | None = None
+) -> dict[str, float]:
+    """Instance id -> seconds until it was stopped, for those of `ids` that stopped within `within_s`."""
+    started = time.monotonic()
+    booted: dict[str, float] = {}
+    pause, longest = FIRST_BOOT_POLLS_S
+    while len(booted) < len(ids) and time.monotonic() - started < within_s:
+        await asyncio.sleep(min(pause, max(0.0, within_s - (time.monotonic() - started))))
+        pause = min(pause * 2, longest)
+        waiting = [i for i in ids if i not in booted]
+        reply = await ec2.describe_instances(InstanceIds=waiting)
+        for instance in (i for r in reply["Reservations"] for i in r["Instances"]):
+            if instance["State"]["Name"] == "stopped":
+                booted[instance["InstanceId"]] = time.monotonic() - started
+                if progress is not None:
+                    progress(f"{instance['InstanceId']} is ready ({len(booted)} of {len(ids)})")
+    return booted
 
 
 async def _run_pool_instance(
@@ -398,7 +502,12 @@ async def _run_pool_instance(
 
 
 async def provision(
-    aws: AwsClients, settings: Settings, pool: PoolSpec | None = None, *, create_roles: bool = False
+    aws: AwsClients,
+    settings: Settings,
+    pool: PoolSpec | None = None,
+    *,
+    create_roles: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Action]:
     s3 = await aws.s3()
     actions = [
@@ -415,8 +524,13 @@ async def provision(
         if pool.wheel is not None:
             wheel = await upload_wheel(s3, settings, pool.wheel, pool.torch_index)
             actions.append(Action("wheel", f"s3://{settings.gallery_bucket}/{WHEEL_PREFIX}{wheel.name}", "uploaded"))
-        user_data = render_user_data(settings, pool.user_data_template, wheel)
-        actions += await ensure_pool(await aws.ec2(), settings, pool, user_data)
+        calibration_url = ""
+        if pool.calibration_dir is not None:
+            calibration_url, count = await upload_calibration_photos(s3, settings, pool.calibration_dir)
+            location = f"s3://{settings.gallery_bucket}/{CALIBRATION_KEY}"
+            actions.append(Action("photos", location, "uploaded", f"{count}, to calibrate the int8 model on"))
+        user_data = render_user_data(settings, pool.user_data_template, wheel, calibration_url, stop_when_done=True)
+        actions += await ensure_pool(await aws.ec2(), settings, pool, user_data, progress=progress)
     for action in actions:
         log.info("provisioned", extra={"kind": action.kind, "resource": action.name, "outcome": action.outcome})
     return actions

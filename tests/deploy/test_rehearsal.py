@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
+import zipfile
 
 import pytest
 
-from tests.aws_rehearsal import NEWCOMER, POOL, REQUESTS, TORCH_INDEX, Rehearsal
+from tests.aws_rehearsal import CALIBRATION_PHOTOS, NEWCOMER, POOL, REQUESTS, TORCH_INDEX, Rehearsal
 from tests.paths import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -28,13 +30,16 @@ def test_every_command_succeeded(aws_rehearsal: Rehearsal) -> None:
         assert f"created    profile  {aws_rehearsal.prefix}-{role}-profile" in provision_output
 
 
-def test_instances_install_the_uploaded_wheel(aws_rehearsal: Rehearsal) -> None:
+def test_instances_get_the_uploaded_wheel_and_calibration_photos(aws_rehearsal: Rehearsal) -> None:
     """The user data downloads the wheel provision uploaded through a presigned URL (no credentials needed)."""
 
     url = re.search(r"^wheel_url='([^']+)'$", aws_rehearsal.user_data, re.MULTILINE)
     assert url and "/deploy/facerec-0.0-py3-none-any.whl" in url.group(1)
     assert f"torch_index='{TORCH_INDEX}'" in aws_rehearsal.user_data
     assert aws_rehearsal.wheel_download == b"rehearsal wheel"
+    # And the photos to calibrate the int8 model on, the same way.
+    with zipfile.ZipFile(io.BytesIO(aws_rehearsal.calibration_download)) as photos:
+        assert len(photos.namelist()) == CALIBRATION_PHOTOS
 
 
 def flags(args: list[str]) -> set[str]:

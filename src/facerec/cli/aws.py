@@ -90,10 +90,17 @@ def aws() -> None:
     "gallery bucket; without it the AMI must have /opt/facerec/venv already.",
 )
 @click.option("--torch-index", help="With --wheel on a stock image: the pip index of CPU torch builds.")
+@click.option(
+    "--calibration-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Face photos (e.g. the ones you enroll; up to 192 are uploaded to the gallery bucket) each instance "
+    "calibrates its int8 model on at first boot (with --pool). Without it they embed in fp32, more slowly.",
+)
 def provision(
     pool: int,
     wheel: Path | None,
     torch_index: str | None,
+    calibration_dir: Path | None,
     ami: str | None,
     instance_type: str | None,
     instance_profile: str | None,
@@ -110,6 +117,8 @@ def provision(
 
     settings = settings_from(overrides)
     spec = None
+    if not pool and (wheel or torch_index or calibration_dir):
+        raise click.UsageError("--wheel, --torch-index and --calibration-dir are for the pool's instances: add --pool")
     if pool:
         ami = ami or settings.aws_ami_id
         if not ami:
@@ -125,14 +134,25 @@ def provision(
             user_data_template=user_data_path or steps.USER_DATA,
             wheel=wheel,
             torch_index=torch_index or "",
+            calibration_dir=calibration_dir,
         )
         try:  # render once now: a value that cannot go into the script is refused before anything is made
             if wheel is not None:
                 steps.check_wheel_name(wheel)
+            if calibration_dir is not None:
+                steps.calibration_photos(calibration_dir)
             steps.render_user_data(settings, spec.user_data_template, steps.WheelSource("", "", spec.torch_index))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-    run_and_print(settings, lambda clients: steps.provision(clients, settings, spec, create_roles=create_roles), debug)
+    actions = run_and_print(
+        settings,
+        lambda clients: steps.provision(
+            clients, settings, spec, create_roles=create_roles, progress=lambda line: click.echo(line, err=True)
+        ),
+        debug,
+    )
+    if any(action.problem for action in actions):
+        raise SystemExit(1)
 
 
 @aws.command()

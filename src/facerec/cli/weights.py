@@ -115,6 +115,7 @@ def _prepare_detector(settings: Settings) -> None:
 
 
 def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
+    from facerec.calibration_photos import photo_files
     from facerec.recognition import compiled
     from facerec.recognition.folding import fold_batch_norms
     from facerec.recognition.weights import load_embedding_model, weights_id, weights_sha256
@@ -128,7 +129,7 @@ def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
     if reason is None:
         click.echo(f"int8: {folder} (up to date; {compiled.summary(compiled.read_sidecar(folder) or {})})")
         return
-    photos = compiled.photo_files(calibration_dir) if calibration_dir.is_dir() else []
+    photos = photo_files(calibration_dir) if calibration_dir.is_dir() else []
     crops = compiled.calibration_crops(settings, photos, compiled.CALIBRATION_CROPS + compiled.CHECK_CROPS)
     if len(crops) < compiled.MIN_CALIBRATION_CROPS:
         click.echo(

@@ -206,11 +206,14 @@ def build_int8(
     folder.mkdir(parents=True, exist_ok=True)
     _sidecar_path(folder).unlink(missing_ok=True)  # a reader meanwhile finds no sidecar: "not built", fp32
     # Freezing makes the weights constants, so the int8 weights are packed for oneDNN at compile time.
-    with inductor_config.patch(freezing=True), torch.no_grad():
-        for size, program in programs.items():
-            temporary = folder / f".building-b{size}.pt2"
-            torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
-            temporary.replace(_package(folder, size))
+    try:
+        with inductor_config.patch(freezing=True), torch.no_grad():
+            for size, program in programs.items():
+                temporary = folder / f".building-b{size}.pt2"
+                torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
+                temporary.replace(_package(folder, size))
+    except Exception as exc:  # no C++ compiler (a stock cloud image), an unsupported platform: fp32 stays in use
+        raise Int8Unavailable(f"{type(exc).__name__}: {exc}") from exc
     compiled = time.perf_counter()
     loaded = Int8Embedder(_load_runners(folder), folder, {})
     sidecar = {
@@ -251,16 +254,6 @@ def calibration_crops(settings: Settings, photos: Sequence[Path], wanted: int) -
     if not crops:
         return torch.zeros((0, 3, settings.crop_size, settings.crop_size))
     return torch.stack(crops[:wanted])
-
-
-def photo_files(folder: Path) -> list[Path]:
-    """Photos under `folder`, spread over its people: the n-th photo of every sub-folder before the (n+1)-th."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    by_folder: dict[Path, list[Path]] = {}
-    for file in files:
-        by_folder.setdefault(file.parent, []).append(file)
-    rounds = max((len(group) for group in by_folder.values()), default=0)
-    return [group[n] for n in range(rounds) for group in by_folder.values() if n < len(group)]
 
 
 def summary(sidecar: dict[str, Any]) -> str:

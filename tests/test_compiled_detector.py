@@ -86,7 +86,12 @@ def test_packages_built_for_other_weights_torch_or_cpu_are_stale_and_corrupt_one
     sidecar = {**stamp, "sha256": dict.fromkeys(compiled_detector.NET_SIDES, "0" * 64)}
     (folder / "detector.json").write_text(json.dumps(sidecar))
     assert compiled_detector.stale_reason(folder, stamp) is None
-    for key, other in (("weights_sha256", {"rnet": "b" * 64}), ("torch", "0.0.1"), ("cpu_capability", "NO AVX")):
+    for key, other in (
+        ("weights_sha256", {"rnet": "b" * 64}),
+        ("torch", "0.0.1"),
+        ("cpu_capability", "NO AVX"),
+        ("cpu_flags", "0" * 16),  # an "AVX512" CPU without this one's VNNI or BF16
+    ):
         reason = compiled_detector.stale_reason(folder, {**stamp, key: other})
         assert reason is not None and key in reason
     # The sidecar matches, the files do not: not loaded, and the answer says to rebuild.

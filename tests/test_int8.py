@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,12 @@ def test_a_package_built_for_other_weights_torch_or_cpu_is_stale(tmp_path: Path)
     assert compiled.stale_reason(folder, stamp) is not None  # nothing there
     _fake_package(folder, stamp)
     assert compiled.stale_reason(folder, stamp) is None
-    for key, other in (("weights_sha256", "b" * 64), ("torch", "0.0.1"), ("cpu_capability", "NO AVX")):
+    for key, other in (
+        ("weights_sha256", "b" * 64),
+        ("torch", "0.0.1"),
+        ("cpu_capability", "NO AVX"),
+        ("cpu_flags", "0" * 16),  # an "AVX512" CPU without this one's VNNI or BF16
+    ):
         reason = compiled.stale_reason(folder, {**stamp, key: other})
         assert reason is not None and key in reason
     # The sidecar matches, the file does not: not loaded, and the answer says to rebuild.
@@ -116,3 +122,16 @@ def test_without_a_compiler_the_int8_build_is_refused_and_leaves_no_package(
     with pytest.raises(compiled.Int8Unavailable, match="no-such-g\\+\\+"):
         compiled.build_int8(model, crops[:16], crops[16:], tmp_path / "int8", {"stamp": 1}, "test crops")
     assert compiled.read_sidecar(tmp_path / "int8") is None
+
+
+def test_packages_are_stamped_with_the_cpus_flags_not_only_torchs_capability(tmp_path: Path) -> None:
+    """Two "AVX512" CPUs can differ in VNNI and BF16, which `-march=native` code uses: the flags tell them apart."""
+    zen4, skylake = tmp_path / "zen4", tmp_path / "skylake"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\nprocessor\t: 1\n")
+    skylake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert compiled.cpu_flags(zen4) != compiled.cpu_flags(skylake)
+    reordered = tmp_path / "reordered"
+    reordered.write_text("flags : avx512_bf16 avx512_vnni avx512f avx2 fpu\n")
+    assert compiled.cpu_flags(reordered) == compiled.cpu_flags(zen4)
+    assert re.fullmatch(r"[0-9a-f]{16}", compiled.cpu_flags(tmp_path / "no-cpuinfo"))
+    assert compiled.expected_stamp(Settings(), "w", "s")["cpu_flags"] == compiled.cpu_flags()

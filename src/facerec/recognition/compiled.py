@@ -18,8 +18,10 @@ matches; otherwise the worker embeds in fp32 and says so once in its log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -52,8 +54,21 @@ class Int8Unavailable(RuntimeError):
 
 
 def cpu_capability() -> str:
-    """The instruction set torch dispatches to here (e.g. AVX512, AVX2): the package's code is compiled for it."""
+    """The instruction set torch dispatches to here (e.g. AVX512, AVX2), for people reading a sidecar."""
     return str(torch.backends.cpu.get_cpu_capability())
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """A digest of this CPU's feature flags (Linux; else the platform's processor name). Inductor compiles the
+    packages with `-march=native`: a package built on a CPU with AVX512-VNNI or -BF16 dies of an illegal
+    instruction on another "AVX512" CPU without them, so a package is only used on a CPU with the same flags."""
+    try:
+        lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    described = " ".join(sorted(flags)) if flags else platform.processor() or platform.machine()
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def package_dir(settings: Settings, weights_id: str) -> Path:
@@ -80,6 +95,7 @@ def expected_stamp(settings: Settings, weights_id: str, weights_sha256: str) -> 
         "batches": list(INT8_BATCHES),
         "torch": torch.__version__,
         "cpu_capability": cpu_capability(),
+        "cpu_flags": cpu_flags(),
     }
 
 

@@ -263,3 +263,41 @@ def test_user_data_of_a_template_that_does_not_stop_its_instance_is_stopped_once
         InstanceId=next(iter(app_tier(endpoint).values()))[0], Attribute="userData"
     )
     assert f'FACEREC_PREFIX="{PREFIX}"' in base64.b64decode(user_data["UserData"]["Value"]).decode()
+
+
+class _BootingEC2:
+    """DescribeInstances as real EC2 answers it while instances boot: at first it does not know them yet."""
+
+    def __init__(self, states: list[dict[str, str]]) -> None:
+        self.states = states
+        self.calls = 0
+
+    async def describe_instances(self, InstanceIds: list[str]) -> dict[str, Any]:  # boto3's argument name
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        if self.calls == 1:
+            raise ClientError({"Error": {"Code": "InvalidInstanceID.NotFound"}}, "DescribeInstances")
+        states = self.states[min(self.calls - 2, len(self.states) - 1)]
+        instances = [{"InstanceId": i, "State": {"Name": states[i]}} for i in InstanceIds]
+        return {"Reservations": [{"Instances": instances}]}
+
+
+async def test_waiting_for_first_boots_rides_out_eventual_consistency_and_sees_terminations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facerec import provision
+
+    monkeypatch.setattr(provision, "FIRST_BOOT_POLLS_S", (0.001, 0.001))
+    ec2 = _BootingEC2(
+        [
+            {"i-1": "pending", "i-2": "pending", "i-3": "pending"},
+            {"i-1": "running", "i-2": "shutting-down", "i-3": "running"},
+            {"i-1": "stopping", "i-2": "terminated", "i-3": "running"},
+            {"i-1": "stopped", "i-3": "running"},
+        ]
+    )
+    progress: list[str] = []
+    ended = await provision.wait_for_first_boots(ec2, ["i-1", "i-2", "i-3"], 0.5, progress.append)  # type: ignore[arg-type]
+    assert {i: state for i, (state, _) in ended.items()} == {"i-1": "stopped", "i-2": "terminated"}  # i-3 still boots
+    assert progress == ["i-2 is terminated (1 of 3)", "i-1 is stopped (2 of 3)"]

@@ -431,11 +431,16 @@ async def ensure_pool(
             f"waiting for {len(ids)} new instance(s) to finish their first boot and stop (installing facerec, "
             f"building the models; up to {_age(FIRST_BOOT_LIMIT_S)})"
         )
-    booted = await wait_for_first_boots(ec2, ids, FIRST_BOOT_LIMIT_S, progress)
+    ended = await wait_for_first_boots(ec2, ids, FIRST_BOOT_LIMIT_S, progress)
     for instance_id, name in created:
-        if instance_id in booted:
-            detail = f"{instance_id}, stopped after its first boot ({_age(booted[instance_id])})"
+        state, seconds = ended.get(instance_id, ("", 0.0))
+        if state == "stopped":
+            detail = f"{instance_id}, stopped after its first boot ({_age(seconds)})"
             actions.append(Action("instance", name, "created", detail))
+            continue
+        if state == "terminated":
+            detail = f"{instance_id}, terminated during its first boot: run provision again to replace it"
+            actions.append(Action("instance", name, "created", detail, problem=True))
             continue
         detail = (
             f"{instance_id}, still in its first boot after {_age(FIRST_BOOT_LIMIT_S)}: its console output "
@@ -447,22 +452,28 @@ async def ensure_pool(
 
 async def wait_for_first_boots(
     ec2: EC2Client, ids: list[str], within_s: float, progress: Callable[[str], None] | None = None
-) -> dict[str, float]:
-    """Instance id -> seconds until it was stopped, for those of `ids` that stopped within `within_s`."""
+) -> dict[str, tuple[str, float]]:
+    """Instance id -> (`stopped` or `terminated`, seconds it took) for those of `ids` that got there within
+    `within_s`; the others are still booting."""
     started = time.monotonic()
-    booted: dict[str, float] = {}
+    ended: dict[str, tuple[str, float]] = {}
     pause, longest = FIRST_BOOT_POLLS_S
-    while len(booted) < len(ids) and time.monotonic() - started < within_s:
+    while len(ended) < len(ids) and time.monotonic() - started < within_s:
         await asyncio.sleep(min(pause, max(0.0, within_s - (time.monotonic() - started))))
         pause = min(pause * 2, longest)
-        waiting = [i for i in ids if i not in booted]
-        reply = await ec2.describe_instances(InstanceIds=waiting)
+        try:
+            reply = await ec2.describe_instances(InstanceIds=[i for i in ids if i not in ended])
+        except ClientError as exc:
+            if _code(exc) == "InvalidInstanceID.NotFound":
+                continue  # EC2 is eventually consistent: an instance just made may not be listed yet
+            raise
         for instance in (i for r in reply["Reservations"] for i in r["Instances"]):
-            if instance["State"]["Name"] == "stopped":
-                booted[instance["InstanceId"]] = time.monotonic() - started
+            state = instance["State"]["Name"]
+            if state in ("stopped", "terminated"):
+                ended[instance["InstanceId"]] = (state, time.monotonic() - started)
                 if progress is not None:
-                    progress(f"{instance['InstanceId']} is ready ({len(booted)} of {len(ids)})")
-    return booted
+                    progress(f"{instance['InstanceId']} is {state} ({len(ended)} of {len(ids)})")
+    return ended
 
 
 async def _run_pool_instance(

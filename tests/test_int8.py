@@ -134,4 +134,8 @@ def test_packages_are_stamped_with_the_cpus_flags_not_only_torchs_capability(tmp
     reordered.write_text("flags : avx512_bf16 avx512_vnni avx512f avx2 fpu\n")
     assert compiled.cpu_flags(reordered) == compiled.cpu_flags(zen4)
     assert re.fullmatch(r"[0-9a-f]{16}", compiled.cpu_flags(tmp_path / "no-cpuinfo"))
+    graviton2, graviton3 = tmp_path / "graviton2", tmp_path / "graviton3"  # ARM says "Features"
+    graviton2.write_text("processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics\nCPU part\t: 0xd0c\n")
+    graviton3.write_text("processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics sve bf16 svebf16\n")
+    assert compiled.cpu_flags(graviton2) != compiled.cpu_flags(graviton3)
     assert compiled.expected_stamp(Settings(), "w", "s")["cpu_flags"] == compiled.cpu_flags()

@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
@@ -381,6 +381,7 @@ class PoolSpec:
 FIRST_BOOT_LIMIT_S = 20 * 60
 """How long provision waits for a new instance's first boot (installing facerec and torch from the package
 index, building the models) to end."""
+_WAIT_THROUGH = frozenset({"InvalidInstanceID.NotFound", "RequestLimitExceeded", "Throttling", "ThrottlingException"})
 FIRST_BOOT_POLLS_S = (0.5, 15.0)
 """The first and the longest pause between two looks at the booting instances."""
 
@@ -443,8 +444,9 @@ async def ensure_pool(
             actions.append(Action("instance", name, "created", detail, problem=True))
             continue
         detail = (
-            f"{instance_id}, still in its first boot after {_age(FIRST_BOOT_LIMIT_S)}: its console output "
-            f"(`aws ec2 get-console-output --instance-id {instance_id}`) says why; it stops itself when done"
+            f"{instance_id}, still running after {_age(FIRST_BOOT_LIMIT_S)}: its first boot is slow or failed; "
+            f"`aws ec2 get-console-output --instance-id {instance_id}` ends with 'facerec: first boot failed' if "
+            "it failed (terminate it and provision again); a slow one stops itself when done"
         )
         actions.append(Action("instance", name, "created", detail, problem=True))
     return actions
@@ -463,10 +465,12 @@ async def wait_for_first_boots(
         pause = min(pause * 2, longest)
         try:
             reply = await ec2.describe_instances(InstanceIds=[i for i in ids if i not in ended])
-        except ClientError as exc:
-            if _code(exc) == "InvalidInstanceID.NotFound":
-                continue  # EC2 is eventually consistent: an instance just made may not be listed yet
-            raise
+        except (ClientError, BotoCoreError) as exc:
+            # EC2 is eventually consistent (an instance just made may not be listed yet), throttles, and a
+            # network may blip: none of that ends a wait of minutes.
+            if isinstance(exc, ClientError) and _code(exc) not in _WAIT_THROUGH:
+                raise
+            continue
         for instance in (i for r in reply["Reservations"] for i in r["Instances"]):
             state = instance["State"]["Name"]
             if state in ("stopped", "terminated"):

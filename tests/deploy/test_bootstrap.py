@@ -41,6 +41,10 @@ STUBS = {
 }
 VENV_TOOL = """#!/bin/bash
 line="$(basename "$0") $* WEIGHTS=${FACEREC_WEIGHTS_CACHE_DIR:-}"
+if [ "$(basename "$0")" = facerec ]; then  # the settings it reads: ./.env
+  line="$line SETTINGS=$(grep -o 'FACEREC_PREFIX=[^ ]*' .env 2>/dev/null)"
+fi
+if [ -n "${STUB_PIP_FAILS:-}" ] && [ "$(basename "$0")" = pip ]; then exit 1; fi
 while [ $# -gt 0 ]; do
   if [ "$1" = --calibration-dir ]; then line="$line PHOTOS=$(find "$2" -type f | wc -l)"; fi
   shift
@@ -109,9 +113,11 @@ def test_a_stock_image_gets_facerec_from_the_wheel_weights_and_the_enabled_unit(
     pip = next(c for c in calls if c.startswith("pip "))
     assert f"--extra-index-url {WHEEL.torch_index}" in pip and pip.split()[-2].endswith(f"/{WHEEL.name}[worker]")
     assert f"python3 -m venv {venv}" in calls
-    assert f"facerec weights prepare WEIGHTS={root}/opt/facerec/weights" in calls
+    # With the deployment's settings (its weights, crop size...), as the worker reads them.
+    settings = f'SETTINGS=FACEREC_PREFIX="{SETTINGS.prefix}"'
+    assert f"facerec weights prepare WEIGHTS={root}/opt/facerec/weights {settings}" in calls
     # No calibration photos: the compiled detector is built, the int8 model is not (the worker embeds in fp32).
-    assert f"facerec weights prepare --detector WEIGHTS={root}/opt/facerec/weights" in calls
+    assert f"facerec weights prepare --detector WEIGHTS={root}/opt/facerec/weights {settings}" in calls
     assert calls[-2:] == ["systemctl daemon-reload", "systemctl enable --now facerec-worker.service"]
     assert any(c.startswith("useradd --system") for c in calls)
 
@@ -155,6 +161,15 @@ def test_the_pools_first_boot_ends_by_stopping_the_instance(tmp_path: Path) -> N
     ]
 
 
+def test_a_failed_first_boot_keeps_the_instance_running_and_says_so_on_the_console(tmp_path: Path) -> None:
+    """Stopped, it would look ready to provision; running, provision names it after its time limit."""
+    script = render_user_data(SETTINGS, wheel=WHEEL, stop_when_done=True)
+    result, _, calls = run_bootstrap(tmp_path, script, STUB_PIP_FAILS="1")
+    assert result.returncode == 1
+    assert result.stderr.rstrip().endswith("facerec: first boot failed (exit 1)")
+    assert not any(c.startswith("systemctl") for c in calls)
+
+
 def _photos_zip(path: Path, count: int) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         for number in range(count):
@@ -171,7 +186,7 @@ def test_calibration_photos_are_downloaded_and_the_int8_model_built_with_the_det
     assert any(c.startswith("curl ") and CALIBRATION_URL in c for c in calls)
     build = next(c for c in calls if c.startswith("facerec weights prepare --detector"))
     assert build.startswith("facerec weights prepare --detector --int8 --calibration-dir ")
-    assert build.endswith(f"WEIGHTS={root}/opt/facerec/weights PHOTOS=20")  # every photo, extracted
+    assert f"WEIGHTS={root}/opt/facerec/weights " in build and build.endswith("PHOTOS=20")  # every photo, extracted
     assert calls.index(build) < calls.index("systemctl enable --now facerec-worker.service")
     assert not any(c.startswith(("dnf ", "apt-get ")) for c in calls)  # a compiler is there
 
@@ -184,7 +199,7 @@ def test_a_failed_build_or_a_bad_download_still_starts_the_worker(tmp_path: Path
     script = render_user_data(SETTINGS, wheel=WHEEL, calibration_url=CALIBRATION_URL)
     result, root, calls = run_bootstrap(tmp_path, script, STUB_PHOTOS_ZIP=str(not_a_zip), STUB_BUILDS_FAIL="1")
     assert result.returncode == 0, result.stderr
-    assert f"facerec weights prepare --detector WEIGHTS={root}/opt/facerec/weights" in calls  # no --int8
+    assert any(c.startswith(f"facerec weights prepare --detector WEIGHTS={root}/") for c in calls)  # no --int8
     assert "the compiled detector or int8 model was not built; the worker runs without them" in result.stderr
     assert calls[-1] == "systemctl enable --now facerec-worker.service"
 

@@ -66,7 +66,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    # x86 lists "flags", ARM "Features" (SVE, BF16 and the like decide what `-march=native` code may use there).
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
     described = " ".join(sorted(flags)) if flags else platform.processor() or platform.machine()
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 

@@ -24,7 +24,16 @@ calibration_url='${calibration_url}'
 # `yes` (the pool's user data): power off once done; the pool's instances stop instead of terminating.
 stop_when_done='${stop_when_done}'
 download=$(mktemp -d)
-trap 'rm -rf "$download"' EXIT
+finish() {
+  local status=$?
+  rm -rf "$download"
+  if [ "$status" -ne 0 ]; then
+    # In the instance's console output (`aws ec2 get-console-output`): provision, still waiting for the pool's
+    # instance to stop itself, names it after its time limit; it keeps running until it is terminated.
+    echo "facerec: first boot failed (exit $status)" >&2
+  fi
+}
+trap finish EXIT
 
 install -d -m 0755 "$root/etc/facerec"
 # Quoted delimiter: the settings are written verbatim, never expanded by the shell.
@@ -56,8 +65,14 @@ if [ ! -x "$venv/bin/facerec" ]; then
   exit 1
 fi
 
+# `facerec weights prepare` with the deployment's settings (weights, crop size, ...), as the worker will have
+# them: pydantic-settings reads ./.env, and its format is the settings file's.
+cp "$root/etc/facerec/facerec.env" "$download/.env"
+prepare() {
+  (cd "$download" && FACEREC_WEIGHTS_CACHE_DIR="$weights" "$venv/bin/facerec" weights prepare "$@")
+}
 install -d -m 0755 "$weights"
-FACEREC_WEIGHTS_CACHE_DIR="$weights" "$venv/bin/facerec" weights prepare
+prepare
 
 # The compiled R-Net/O-Net and the int8 model make a worker about 2.5x faster. They are built here because a
 # package is stamped with the CPU it was built on and refused on another (a baked image's are rebuilt on an
@@ -68,7 +83,9 @@ if ! command -v "${CXX:-g++}" >/dev/null 2>&1; then
   if command -v dnf >/dev/null 2>&1; then
     dnf install -y gcc-c++ || true
   elif command -v apt-get >/dev/null 2>&1; then
-    apt-get install -y g++ || { apt-get update && apt-get install -y g++; } || true
+    # Ubuntu's first boot may hold the package lock (unattended-upgrades): wait for it.
+    apt() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+    apt install -y g++ || { apt update && apt install -y g++; } || true
   fi
 fi
 builds=(--detector)
@@ -77,7 +94,7 @@ if [ -n "$calibration_url" ] \
   && "$venv/bin/python" -m zipfile -e "$download/photos.zip" "$download/photos"; then
   builds+=(--int8 --calibration-dir "$download/photos")
 fi
-FACEREC_WEIGHTS_CACHE_DIR="$weights" "$venv/bin/facerec" weights prepare "${builds[@]}" \
+prepare "${builds[@]}" \
   || echo "facerec: the compiled detector or int8 model was not built; the worker runs without them" >&2
 chmod -R a+rX "$root/opt/facerec"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -15,6 +16,8 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
+from facerec.adapters.aws_session import AwsClients
+from facerec.adapters.ec2_fleet import FIRST_BOOT_TAG, Ec2Fleet
 from facerec.cli import main
 from facerec.provision import USER_DATA, render_template, render_user_data, worker_environment
 from facerec.settings import Settings
@@ -69,9 +72,12 @@ def test_provision_creates_everything_once(endpoint: str) -> None:
     assert {f"{PREFIX}-in-bucket", f"{PREFIX}-out-bucket", f"{PREFIX}-gallery-bucket"} <= buckets
     pool = app_tier(endpoint)
     assert sorted(pool) == [f"app-tier-instance-{n}" for n in (1, 2, 3)]
-    # Each stopped itself at the end of its first boot (user data), which provision waited for.
+    # Each stopped itself at the end of its first boot (user data), which provision waited for; then they joined
+    # the pool (the first-boot tag the fleet skips is gone).
     assert {state for _, state in pool.values()} == {"stopped"}
     assert first.count("stopped after its first boot") == 3, first
+    tags = client("ec2", endpoint).describe_tags(Filters=[{"Name": "key", "Values": [FIRST_BOOT_TAG]}])["Tags"]
+    assert tags == []
     user_data = client("ec2", endpoint).describe_instance_attribute(
         InstanceId=pool["app-tier-instance-1"][0], Attribute="userData"
     )
@@ -250,6 +256,19 @@ def test_an_instance_that_never_finishes_its_first_boot_is_reported_not_stopped(
     assert state == "running"
     assert f"{instance_id}, still running after 1.5 s: its first boot is slow or failed" in result.output
     assert f"aws ec2 get-console-output --instance-id {instance_id}" in result.output
+    # Meanwhile a web tier's scaler leaves it alone: it is not in the pool yet.
+    assert asyncio.run(_pool_seen_by_the_fleet(endpoint)) == []
+    # Its boot ends later (it stops itself); provision again sees that and adds it to the pool.
+    client("ec2", endpoint).stop_instances(InstanceIds=[instance_id])
+    again = cli(endpoint, "provision", "--pool", "1", "--ami", image_id(endpoint))
+    assert re.search(rf"exists\s+instance\s+app-tier-instance-1\s+\({instance_id}, stopped after its first boot", again)
+    assert asyncio.run(_pool_seen_by_the_fleet(endpoint)) == [instance_id]
+
+
+async def _pool_seen_by_the_fleet(endpoint: str) -> list[str]:
+    settings = Settings(backend="aws", prefix=PREFIX, aws_region=REGION, aws_endpoint_url=endpoint)
+    async with AwsClients(settings) as aws:
+        return [worker.worker_id for worker in await Ec2Fleet(aws, settings, max_workers=5).list()]
 
 
 def test_user_data_of_a_template_that_does_not_stop_its_instance_is_stopped_once_running(

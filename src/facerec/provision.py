@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facerec.adapters.aws_session import AwsClients
-from facerec.adapters.ec2_fleet import NAME_PREFIX, describe_fleet, instance_tags, name_number, tag_value
+from facerec.adapters.ec2_fleet import (
+    FIRST_BOOT_TAG,
+    NAME_PREFIX,
+    describe_fleet,
+    in_first_boot,
+    instance_tags,
+    name_number,
+    tag_value,
+)
 from facerec.adapters.s3_coordination import DEPLOYMENT_PREFIX, S3Coordination
 from facerec.adapters.sqs_queue import is_missing_queue
 from facerec.adapters.sqs_replies import reply_queue_urls
@@ -401,8 +409,9 @@ async def ensure_pool(
 ) -> list[Action]:
     """Instances `app-tier-instance-1..size`, created running (EC2 cannot create stopped ones); existing ones
     are left as they are. Their user data stops them at the end of the first boot, and this waits for that
-    (up to FIRST_BOOT_LIMIT_S): stopped earlier, cloud-init would never run it again. User data from a template
-    that does not stop its instance: stopped once running, as soon as EC2 allows."""
+    (up to FIRST_BOOT_LIMIT_S), also for instances an earlier provision left in their first boot: stopped earlier,
+    cloud-init would never run it again. Until then they carry FIRST_BOOT_TAG, and the fleet leaves them alone.
+    User data from a template that does not stop its instance: stopped once running, as soon as EC2 allows."""
     if not 0 <= spec.size <= 99:
         raise ValueError("pool size must be between 0 and 99")
     existing = {
@@ -410,45 +419,64 @@ async def ensure_pool(
         for i in await describe_fleet(ec2, settings.prefix)
         if i["State"]["Name"] not in ("shutting-down", "terminated")
     }
+    kept = [existing[n] for n in sorted(k for k in existing if k is not None and k <= spec.size)]
     actions = [
-        Action(
-            "instance", f"{NAME_PREFIX}{n}", "exists", f"{existing[n]['InstanceId']}, {existing[n]['State']['Name']}"
-        )
-        for n in sorted(k for k in existing if k is not None and k <= spec.size)
+        Action("instance", tag_value(i, "Name") or "", "exists", f"{i['InstanceId']}, {i['State']['Name']}")
+        for i in kept
+        if not in_first_boot(i)
     ]
+    booting = [(i["InstanceId"], tag_value(i, "Name") or "", "exists") for i in kept if in_first_boot(i)]
     missing = [n for n in range(1, spec.size + 1) if n not in existing]
-    if not missing:
-        return actions
-    created = await asyncio.gather(*(_run_pool_instance(ec2, settings, spec, n, user_data) for n in missing))
-    ids = [instance_id for instance_id, _ in created]
-    if not stops_itself(spec.user_data_template):
+    first_boot_tag = stops_itself(spec.user_data_template)
+    created = await asyncio.gather(
+        *(_run_pool_instance(ec2, settings, spec, n, user_data, first_boot_tag) for n in missing)
+    )
+    if created and not first_boot_tag:
+        ids = [instance_id for instance_id, _ in created]
         await ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
         await ec2.stop_instances(InstanceIds=ids)
-        return actions + [
-            Action("instance", name, "created", f"{instance_id}, stopping") for instance_id, name in created
-        ]
+        actions += [Action("instance", name, "created", f"{instance_id}, stopping") for instance_id, name in created]
+    else:
+        booting += [(instance_id, name, "created") for instance_id, name in created]
+    if booting:
+        actions += await _finish_first_boots(ec2, booting, progress)
+    return actions
+
+
+async def _finish_first_boots(
+    ec2: EC2Client, booting: list[tuple[str, str, str]], progress: Callable[[str], None] | None
+) -> list[Action]:
+    """Wait for (id, name, outcome) instances to stop themselves; then they join the pool (FIRST_BOOT_TAG off)."""
     if progress is not None:
         progress(
-            f"waiting for {len(ids)} new instance(s) to finish their first boot and stop (installing facerec, "
+            f"waiting for {len(booting)} instance(s) to finish their first boot and stop (installing facerec, "
             f"building the models; up to {_age(FIRST_BOOT_LIMIT_S)})"
         )
-    ended = await wait_for_first_boots(ec2, ids, FIRST_BOOT_LIMIT_S, progress)
-    for instance_id, name in created:
+    ended = await wait_for_first_boots(
+        ec2, [instance_id for instance_id, _, _ in booting], FIRST_BOOT_LIMIT_S, progress
+    )
+    ready = [instance_id for instance_id in ended if ended[instance_id][0] == "stopped"]
+    if ready:
+        await ec2.delete_tags(Resources=ready, Tags=[{"Key": FIRST_BOOT_TAG}])
+    actions = []
+    for instance_id, name, outcome in booting:
         state, seconds = ended.get(instance_id, ("", 0.0))
         if state == "stopped":
-            detail = f"{instance_id}, stopped after its first boot ({_age(seconds)})"
-            actions.append(Action("instance", name, "created", detail))
+            actions.append(
+                Action("instance", name, outcome, f"{instance_id}, stopped after its first boot ({_age(seconds)})")
+            )
             continue
         if state == "terminated":
             detail = f"{instance_id}, terminated during its first boot: run provision again to replace it"
-            actions.append(Action("instance", name, "created", detail, problem=True))
+            actions.append(Action("instance", name, outcome, detail, problem=True))
             continue
         detail = (
             f"{instance_id}, still running after {_age(FIRST_BOOT_LIMIT_S)}: its first boot is slow or failed; "
             f"`aws ec2 get-console-output --instance-id {instance_id}` ends with 'facerec: first boot failed' if "
-            "it failed (terminate it and provision again); a slow one stops itself when done"
+            "it failed (terminate it and provision again); a slow one stops itself, then provision again adds it "
+            "to the pool"
         )
-        actions.append(Action("instance", name, "created", detail, problem=True))
+        actions.append(Action("instance", name, outcome, detail, problem=True))
     return actions
 
 
@@ -481,9 +509,12 @@ async def wait_for_first_boots(
 
 
 async def _run_pool_instance(
-    ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int, user_data: str
+    ec2: EC2Client, settings: Settings, spec: PoolSpec, number: int, user_data: str, first_boot_tag: bool
 ) -> tuple[str, str]:
     name = f"{NAME_PREFIX}{number}"
+    tags = instance_tags(name, settings.prefix)
+    # Until it stops itself after its first boot: the fleet leaves it alone (see FIRST_BOOT_TAG).
+    booting = [{"Key": FIRST_BOOT_TAG, "Value": "1"}] if first_boot_tag else []
     kwargs: dict[str, Any] = {
         "ImageId": spec.ami,
         "InstanceType": spec.instance_type,
@@ -494,8 +525,8 @@ async def _run_pool_instance(
         "InstanceInitiatedShutdownBehavior": "stop",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": [
-            {"ResourceType": "instance", "Tags": instance_tags(name, settings.prefix)},
-            {"ResourceType": "volume", "Tags": instance_tags(name, settings.prefix)},
+            {"ResourceType": "instance", "Tags": [*tags, *booting]},
+            {"ResourceType": "volume", "Tags": tags},
         ],
     }
     if spec.instance_profile:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 NAME_PREFIX = "app-tier-instance-"
 PREFIX_TAG = "facerec:prefix"
+FIRST_BOOT_TAG = "facerec:first-boot"
+"""On a pool instance from `facerec aws provision` until it has stopped itself at the end of its first boot. The
+fleet leaves such an instance alone: stopped mid-boot, it would never get a worker (cloud-init runs user data
+once), and until then it has none to count on."""
 _NAME = re.compile(rf"^{NAME_PREFIX}(\d+)$")
 
 EC2_STATES: dict[str, WorkerState] = {
@@ -78,6 +82,10 @@ async def describe_fleet(ec2: EC2Client, prefix: str) -> list[InstanceTypeDef]:
 
 def tag_value(instance: InstanceTypeDef, key: str) -> str | None:
     return next((tag["Value"] for tag in instance.get("Tags", []) if tag["Key"] == key), None)
+
+
+def in_first_boot(instance: InstanceTypeDef) -> bool:
+    return tag_value(instance, FIRST_BOOT_TAG) is not None
 
 
 def to_worker(instance: InstanceTypeDef) -> WorkerInfo:
@@ -196,7 +204,7 @@ class Ec2Fleet:
     async def _refresh(self) -> builtins.list[WorkerInfo]:
         ec2 = await self._ec2()
         try:
-            instances = await describe_fleet(ec2, self._prefix)
+            instances = [i for i in await describe_fleet(ec2, self._prefix) if not in_first_boot(i)]
         except (ClientError, BotoCoreError) as exc:
             raise PortError(f"describe_instances failed: {exc}") from exc
         workers = sorted(map(to_worker, instances), key=_by_number)

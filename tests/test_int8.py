@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,7 @@ def test_a_package_built_for_other_weights_torch_or_cpu_is_stale(tmp_path: Path)
         ("weights_sha256", "b" * 64),
         ("torch", "0.0.1"),
         ("cpu_capability", "NO AVX"),
-        ("cpu_flags", "0" * 16),  # an "AVX512" CPU without this one's VNNI or BF16
+        ("cpu_features", ["avx2", "avx512f"]),  # an "AVX512" CPU without features the package may use
     ):
         reason = compiled.stale_reason(folder, {**stamp, key: other})
         assert reason is not None and key in reason
@@ -124,18 +124,27 @@ def test_without_a_compiler_the_int8_build_is_refused_and_leaves_no_package(
     assert compiled.read_sidecar(tmp_path / "int8") is None
 
 
-def test_packages_are_stamped_with_the_cpus_flags_not_only_torchs_capability(tmp_path: Path) -> None:
-    """Two "AVX512" CPUs can differ in VNNI and BF16, which `-march=native` code uses: the flags tell them apart."""
-    zen4, skylake = tmp_path / "zen4", tmp_path / "skylake"
-    zen4.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\nprocessor\t: 1\n")
-    skylake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
-    assert compiled.cpu_flags(zen4) != compiled.cpu_flags(skylake)
-    reordered = tmp_path / "reordered"
-    reordered.write_text("flags : avx512_bf16 avx512_vnni avx512f avx2 fpu\n")
-    assert compiled.cpu_flags(reordered) == compiled.cpu_flags(zen4)
-    assert re.fullmatch(r"[0-9a-f]{16}", compiled.cpu_flags(tmp_path / "no-cpuinfo"))
-    graviton2, graviton3 = tmp_path / "graviton2", tmp_path / "graviton3"  # ARM says "Features"
+def test_packages_record_the_cpus_features_and_run_where_all_of_them_are(tmp_path: Path) -> None:
+    """Two "AVX512" CPUs can differ in VNNI and BF16, which `-march=native` code may use: a package built on a
+    Skylake-SP runs on a Cascade Lake (it has more), not the other way round."""
+    skylake, cascade = tmp_path / "skylake", tmp_path / "cascade"
+    skylake.write_text("processor\t: 0\nflags\t\t: fpu constant_tsc avx2 fma avx512f hypervisor\nprocessor\t: 1\n")
+    cascade.write_text("processor\t: 0\nflags\t\t: fpu rep_good avx512_vnni avx512f fma avx2\n")
+    assert compiled.cpu_features(skylake) == ["avx2", "avx512f", "fma"]  # not fpu, constant_tsc, hypervisor
+    assert compiled.cpu_features(cascade) == ["avx2", "avx512_vnni", "avx512f", "fma"]
+    settings = Settings(weights_cache_dir=tmp_path)
+    folder = compiled.package_dir(settings, "casia-webface")
+    stamp = compiled.expected_stamp(settings, "casia-webface", "a" * 64)
+    _fake_package(folder, {**stamp, "cpu_features": compiled.cpu_features(skylake)})
+    assert compiled.stale_reason(folder, {**stamp, "cpu_features": compiled.cpu_features(cascade)}) is None
+    shutil.rmtree(folder)
+    _fake_package(folder, {**stamp, "cpu_features": compiled.cpu_features(cascade)})
+    reason = compiled.stale_reason(folder, {**stamp, "cpu_features": compiled.cpu_features(skylake)})
+    assert reason == "built for other cpu_features (this CPU lacks avx512_vnni)"
+    # ARM lists "Features"; a platform without /proc/cpuinfo only trusts a package built on its own kind.
+    graviton2, graviton3 = tmp_path / "graviton2", tmp_path / "graviton3"
     graviton2.write_text("processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics\nCPU part\t: 0xd0c\n")
     graviton3.write_text("processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics sve bf16 svebf16\n")
-    assert compiled.cpu_flags(graviton2) != compiled.cpu_flags(graviton3)
-    assert compiled.expected_stamp(Settings(), "w", "s")["cpu_flags"] == compiled.cpu_flags()
+    assert set(compiled.cpu_features(graviton2)) < set(compiled.cpu_features(graviton3))
+    assert compiled.cpu_features(tmp_path / "no-cpuinfo")[0].startswith("processor:")
+    assert compiled.expected_stamp(Settings(), "w", "s")["cpu_features"] == compiled.cpu_features()

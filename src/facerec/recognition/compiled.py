@@ -18,7 +18,6 @@ matches; otherwise the worker embeds in fp32 and says so once in its log.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -58,18 +57,29 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """A digest of this CPU's feature flags (Linux; else the platform's processor name). Inductor compiles the
-    packages with `-march=native`: a package built on a CPU with AVX512-VNNI or -BF16 dies of an illegal
-    instruction on another "AVX512" CPU without them, so a package is only used on a CPU with the same flags."""
+_ISA_FLAGS = (
+    *("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "gfni", "vaes", "vpclmul", "pclmul", "aes", "sha"),
+    *("popcnt", "movbe", "abm", "adx"),
+)
+"""Prefixes of the x86 `/proc/cpuinfo` flags that name instruction-set extensions compiled code may use."""
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """This CPU's instruction-set features, sorted: x86's flags that name extensions, ARM's "Features"; elsewhere
+    the processor's name. Inductor compiles the packages with `-march=native` (AVX512-VNNI and -BF16 on this
+    machine), so a package runs only on a CPU with every feature of the one it was built on; a package built on
+    a Skylake-SP runs on a Cascade Lake (both are a `t3.small`), not the other way round."""
     try:
         lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    # x86 lists "flags", ARM "Features" (SVE, BF16 and the like decide what `-march=native` code may use there).
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
-    described = " ".join(sorted(flags)) if flags else platform.processor() or platform.machine()
-    return hashlib.sha256(described.encode()).hexdigest()[:16]
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return sorted(flag for flag in value.split() if flag.startswith(_ISA_FLAGS))
+        if key.strip() == "Features":
+            return sorted(value.split())
+    return [f"processor:{platform.processor() or platform.machine()}"]
 
 
 def package_dir(settings: Settings, weights_id: str) -> Path:
@@ -96,7 +106,7 @@ def expected_stamp(settings: Settings, weights_id: str, weights_sha256: str) -> 
         "batches": list(INT8_BATCHES),
         "torch": torch.__version__,
         "cpu_capability": cpu_capability(),
-        "cpu_flags": cpu_flags(),
+        "cpu_features": cpu_features(),
     }
 
 

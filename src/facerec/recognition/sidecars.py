@@ -34,10 +34,29 @@ def stale_reason(
     them: missing (built by `facerec weights prepare <flag>`), or built from or for something else."""
     if sidecar is None or not all(package.is_file() for package in packages):
         return f"not built (run `facerec weights prepare {flag}`)"
-    different = sorted(key for key, value in stamp.items() if sidecar.get(key) != value)
+    different = sorted(key for key, value in stamp.items() if not _fits(key, sidecar.get(key), value))
     if different:
-        return "built for other " + ", ".join(f"{key} ({sidecar.get(key)!r} != {stamp[key]!r})" for key in different)
+        return "built for other " + ", ".join(_difference(key, sidecar.get(key), stamp[key]) for key in different)
     return None
+
+
+SUBSET_KEYS = frozenset({"cpu_features"})
+"""Stamp keys a package fits when what it was built with is a subset of what is here: the CPU features its code
+may use, which a later CPU of the same line has, and more."""
+
+
+def _fits(key: str, built: Any, here: Any) -> bool:
+    if key in SUBSET_KEYS:
+        return isinstance(built, list) and set(built) <= set(here)
+    return bool(built == here)
+
+
+def _difference(key: str, built: Any, here: Any) -> str:
+    if key in SUBSET_KEYS:
+        if not isinstance(built, list):
+            return f"{key} (not recorded: built by an older facerec)"
+        return f"{key} (this CPU lacks {', '.join(sorted(set(built) - set(here)))})"
+    return f"{key} ({built!r} != {here!r})"
 
 
 def checksum_mismatch(packages: Mapping[str, Path], sidecar: dict[str, Any], flag: str) -> str | None:

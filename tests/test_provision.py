@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import FIRST_BOOT_TAG, Ec2Fleet
@@ -200,11 +201,12 @@ def test_render_template_leaves_foreign_variables(tmp_path: Path) -> None:
 
 
 def _photos(folder: Path, people: int, each: int) -> Path:
+    """Photo n of person p is (16 + p) x (16 + n) pixels, so the archive's order can be read back."""
     for person in range(people):
         (folder / f"Person_{person}").mkdir(parents=True)
         for number in range(each):
-            photo = folder / f"Person_{person}" / f"Person_{person}_{number}.jpg"
-            photo.write_bytes(b"jpeg %d %d" % (person, number))
+            photo = folder / f"Person_{person}" / f"Person_{person}_{number:02d}.jpg"
+            Image.new("RGB", (16 + person, 16 + number), (200, 150, 100)).save(photo)
     return folder
 
 
@@ -212,6 +214,8 @@ def test_calibration_photos_reach_the_instances_by_a_presigned_download(endpoint
     import httpx
 
     photos = _photos(tmp_path / "photos", people=10, each=25)  # more than are sent
+    (photos / "Person_0" / "Person_0_00.jpg").write_bytes(b"not a photo")  # skipped
+    Image.new("RGB", (3000, 2000)).save(photos / "Person_1" / "Person_1_00.jpg")  # a large one: sent smaller
     output = cli(endpoint, "provision", "--pool", "1", "--ami", image_id(endpoint), "--calibration-dir", str(photos))
     key = f"{PREFIX}-gallery-bucket/deploy/calibration-photos.zip"
     assert re.search(rf"uploaded\s+photos\s+s3://{key}\s+\(192, to calibrate the int8 model on\)", output), output
@@ -225,8 +229,10 @@ def test_calibration_photos_reach_the_instances_by_a_presigned_download(endpoint
     assert download.status_code == 200
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
         names = archive.namelist()
-        assert names[:3] == ["0000.jpg", "0001.jpg", "0002.jpg"] and len(names) == 192
-        assert {archive.read(n) for n in names[:10]} == {b"jpeg %d 0" % person for person in range(10)}
+        assert len(names) == 192 and names[:3] == ["0000.jpg", "0001.jpg", "0002.jpg"]
+        sizes = [Image.open(io.BytesIO(archive.read(name))).size for name in names[:11]]
+    # Person 0's first photo is no photo (skipped); person 1's is the large one, sent at 1280x853.
+    assert sizes == [(1280, 853), *((16 + p, 16) for p in range(2, 10)), (16, 17), (17, 17)]
 
 
 def test_too_few_calibration_photos_are_refused_before_anything_is_made(endpoint: str, tmp_path: Path) -> None:

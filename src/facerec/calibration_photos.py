@@ -8,10 +8,16 @@ import io
 import zipfile
 from pathlib import Path
 
+from PIL import Image, ImageOps
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 UPLOADED_PHOTOS = 192
 """Photos `facerec aws provision` sends: twice the 96 crops the int8 build takes (`compiled.CALIBRATION_CROPS` +
 `compiled.CHECK_CROPS`), as some photos have no face the detector finds."""
+UPLOADED_MAX_SIDE = 1280
+"""Larger photos are sent scaled down to this long side: the size a worker decodes them at (the default
+FACEREC_DECODE_MAX_SIDE), and 192 phone photos would otherwise be about a gigabyte in the instance's memory (its
+/tmp) beside the build."""
 
 
 def photo_files(folder: Path) -> list[Path]:
@@ -25,11 +31,35 @@ def photo_files(folder: Path) -> list[Path]:
 
 
 def zip_photos(folder: Path, limit: int = UPLOADED_PHOTOS) -> tuple[bytes, int]:
-    """The first `limit` of `photo_files(folder)` in a zip archive (stored, not compressed: JPEGs do not shrink),
-    each under a numbered name so no name from this machine's folders travels with them; and how many."""
-    chosen = photo_files(folder)[:limit]
+    """The first `limit` readable photos of `photo_files(folder)` in a zip archive (stored, not compressed: JPEGs
+    do not shrink), at most UPLOADED_MAX_SIDE on their long side, each under a numbered name so no name from this
+    machine's folders travels with them; and how many."""
     buffer = io.BytesIO()
+    count = 0
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for number, photo in enumerate(chosen):
-            archive.writestr(f"{number:04d}{photo.suffix.lower()}", photo.read_bytes())
-    return buffer.getvalue(), len(chosen)
+        for photo in photo_files(folder):
+            if count == limit:
+                break
+            sendable = _sendable(photo.read_bytes())
+            if sendable is None:
+                continue  # not an image: calibration could not use it either
+            data, suffix = sendable
+            archive.writestr(f"{count:04d}{suffix or photo.suffix.lower()}", data)
+            count += 1
+    return buffer.getvalue(), count
+
+
+def _sendable(data: bytes) -> tuple[bytes, str] | None:
+    """The photo as sent (its own bytes and no new suffix, or a scaled-down upright JPEG), or None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max(image.size) <= UPLOADED_MAX_SIDE:
+                image.verify()
+                return data, ""
+            upright = ImageOps.exif_transpose(image).convert("RGB")  # the EXIF orientation is not re-encoded
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return None
+    upright.thumbnail((UPLOADED_MAX_SIDE, UPLOADED_MAX_SIDE), Image.Resampling.LANCZOS)
+    scaled = io.BytesIO()
+    upright.save(scaled, "JPEG", quality=95)
+    return scaled.getvalue(), ".jpg"

@@ -23,6 +23,8 @@ torch_index='${torch_index}'
 calibration_url='${calibration_url}'
 # `yes` (the pool's user data): power off once done; the pool's instances stop instead of terminating.
 stop_when_done='${stop_when_done}'
+# On disk, not in /tmp (memory on Amazon Linux 2023): the photos, and the compiler's files during the builds.
+export TMPDIR="${TMPDIR:-/var/tmp}"
 download=$(mktemp -d)
 finish() {
   local status=$?

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from unittest import mock
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import instance_tags
@@ -16,6 +17,8 @@ from facerec.settings import Settings
 from facerec.testing import MOTO_REGION
 
 REGION = MOTO_REGION
+API_STOP = "Client.UserInitiatedShutdown"
+"""EC2's StateReason code after StopInstances."""
 PREFIX = "fleet-test"
 
 
@@ -87,7 +90,11 @@ def make_pool(ec2: Any, size: int, prefix: str = PREFIX) -> list[str]:
 @contextmanager
 def first_boots(endpoint: str, prefix: str, boot_s: float = 0.3) -> Iterator[list[str]]:
     """What the pool's user data does, which moto's instances do not run: each new instance of `prefix` stops
-    itself `boot_s` after it is first seen running. Yields the ids stopped so far."""
+    itself `boot_s` after it is first seen running. Yields the ids stopped so far. Moto can only stop an
+    instance through the API, which EC2 records as Client.UserInitiatedShutdown, so while this runs provision
+    takes that reason, too, for an instance that powered itself off."""
+    from facerec import provision
+
     ec2 = boto3_client("ec2", endpoint)
     seen: dict[str, float] = {}
     stopped: list[str] = []
@@ -112,7 +119,8 @@ def first_boots(endpoint: str, prefix: str, boot_s: float = 0.3) -> Iterator[lis
     thread = threading.Thread(target=boot, name="first-boots", daemon=True)
     thread.start()
     try:
-        yield stopped
+        with mock.patch.object(provision, "SELF_STOP_REASONS", provision.SELF_STOP_REASONS | {API_STOP}):
+            yield stopped
     finally:
         done.set()
         thread.join(timeout=10)

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from facerec.adapters.aws_session import AwsClients
-from facerec.adapters.ec2_fleet import EC2_STATES, Ec2Fleet
+from facerec.adapters.ec2_fleet import EC2_STATES, FIRST_BOOT_TAG, Ec2Fleet, instance_tags
 from facerec.ports import Fleet, PortError, WorkerState
 from facerec.settings import Settings
 from tests.aws import PREFIX, REGION, image_id, make_pool
@@ -107,6 +107,31 @@ async def test_run_mode_runs_from_template_and_terminates(ec2: Any, aws: AwsClie
     assert replacement.name == "app-tier-instance-1"
     tags = ec2.describe_instances(InstanceIds=[replacement.worker_id])["Reservations"][0]["Instances"][0]["Tags"]
     assert {"Key": "facerec:prefix", "Value": PREFIX} in tags
+
+
+async def test_instances_in_their_first_boot_are_no_workers_but_keep_their_names(
+    ec2: Any, aws: AwsClients, endpoint: str
+) -> None:
+    """Provision tags a new pool instance until it has stopped itself after its first boot: the scaler must not
+    count, start or stop it, nor give its name to another."""
+    ec2.run_instances(
+        ImageId=image_id(ec2),
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [*instance_tags("app-tier-instance-1", PREFIX), {"Key": FIRST_BOOT_TAG, "Value": "1"}],
+            }
+        ],
+    )["Instances"][0]["InstanceId"]
+    ec2.create_launch_template(
+        LaunchTemplateName="facerec-worker", LaunchTemplateData={"ImageId": image_id(ec2), "InstanceType": "t3.micro"}
+    )
+    fleet = Ec2Fleet(aws, settings(endpoint, fleet_mode="run", aws_launch_template="facerec-worker"), max_workers=5)
+    assert await fleet.list() == []
+    started = await fleet.start(1)
+    assert [w.name for w in started] == ["app-tier-instance-2"]
 
 
 def test_run_mode_needs_a_launch_template(endpoint: str) -> None:

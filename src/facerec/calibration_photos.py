@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from facerec.recognition.images import ALLOWED_FORMATS
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 UPLOADED_PHOTOS = 192
 """Photos `facerec aws provision` sends: twice the 96 crops the int8 build takes (`compiled.CALIBRATION_CROPS` +
@@ -52,10 +54,11 @@ def zip_photos(folder: Path, limit: int = UPLOADED_PHOTOS) -> tuple[bytes, int]:
 def _sendable(data: bytes) -> tuple[bytes, str] | None:
     """The photo as sent (its own bytes and no new suffix, or a scaled-down upright JPEG), or None if unreadable."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:  # what a worker decodes
             if max(image.size) <= UPLOADED_MAX_SIDE:
-                image.verify()
+                image.load()  # decoded whole: a truncated file is no photo
                 return data, ""
+            image.draft("RGB", (UPLOADED_MAX_SIDE, UPLOADED_MAX_SIDE))  # a JPEG decodes at 1/2..1/8 size, faster
             upright = ImageOps.exif_transpose(image).convert("RGB")  # the EXIF orientation is not re-encoded
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return None

@@ -20,7 +20,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import (
@@ -228,16 +229,13 @@ def calibration_photos(folder: Path) -> tuple[bytes, int]:
     return archive, count
 
 
-async def upload_calibration_photos(s3: S3Client, settings: Settings, folder: Path) -> tuple[str, int]:
-    """Put up to `UPLOADED_PHOTOS` face photos from `folder`, zipped, into the gallery bucket next to the wheel
-    and presign their download: each instance builds its int8 model from them at first boot, on its own CPU.
-    The presigned URL and the number of photos."""
-    archive, count = await asyncio.to_thread(calibration_photos, folder)
+async def upload_calibration_photos(s3: S3Client, settings: Settings, archive: bytes) -> str:
+    """Put the zip of face photos from `calibration_photos` into the gallery bucket next to the wheel and presign
+    its download: each instance builds its int8 model from them at first boot, on its own CPU."""
     await s3.put_object(Bucket=settings.gallery_bucket, Key=CALIBRATION_KEY, Body=archive)
-    url = await s3.generate_presigned_url(
+    return await s3.generate_presigned_url(
         "get_object", Params={"Bucket": settings.gallery_bucket, "Key": CALIBRATION_KEY}, ExpiresIn=WHEEL_URL_TTL_S
     )
-    return url, count
 
 
 # --- buckets and queues ---------------------------------------------------------------------------
@@ -382,8 +380,9 @@ class PoolSpec:
     wheel: Path | None = None
     """Uploaded to the gallery bucket; the instances install facerec from it at first boot."""
     torch_index: str = ""
-    calibration_dir: Path | None = None
-    """Face photos uploaded for the instances to calibrate their int8 model on; None: they embed in fp32."""
+    calibration_photos: tuple[bytes, int] | None = None
+    """A zip of face photos and how many (`calibration_photos`), uploaded for the instances to calibrate their int8
+    model on; None: they embed in fp32."""
 
 
 FIRST_BOOT_LIMIT_S = 20 * 60
@@ -425,7 +424,12 @@ async def ensure_pool(
         for i in kept
         if not in_first_boot(i)
     ]
-    booting = [(i["InstanceId"], tag_value(i, "Name") or "", "exists") for i in kept if in_first_boot(i)]
+    # Whatever their number: one above the size asked for now still joins the pool once booted.
+    booting = [
+        (i["InstanceId"], tag_value(i, "Name") or "", "exists")
+        for n, i in sorted(existing.items(), key=lambda item: item[0] or 0)
+        if in_first_boot(i)
+    ]
     missing = [n for n in range(1, spec.size + 1) if n not in existing]
     first_boot_tag = stops_itself(spec.user_data_template)
     created = await asyncio.gather(
@@ -446,7 +450,7 @@ async def ensure_pool(
 async def _finish_first_boots(
     ec2: EC2Client, booting: list[tuple[str, str, str]], progress: Callable[[str], None] | None
 ) -> list[Action]:
-    """Wait for (id, name, outcome) instances to stop themselves; then they join the pool (FIRST_BOOT_TAG off)."""
+    """Wait for (id, name, outcome) instances to stop themselves; each then joins the pool (FIRST_BOOT_TAG off)."""
     if progress is not None:
         progress(
             f"waiting for {len(booting)} instance(s) to finish their first boot and stop (installing facerec, "
@@ -455,56 +459,90 @@ async def _finish_first_boots(
     ended = await wait_for_first_boots(
         ec2, [instance_id for instance_id, _, _ in booting], FIRST_BOOT_LIMIT_S, progress
     )
-    ready = [instance_id for instance_id in ended if ended[instance_id][0] == "stopped"]
-    if ready:
-        await ec2.delete_tags(Resources=ready, Tags=[{"Key": FIRST_BOOT_TAG}])
     actions = []
     for instance_id, name, outcome in booting:
-        state, seconds = ended.get(instance_id, ("", 0.0))
-        if state == "stopped":
-            actions.append(
-                Action("instance", name, outcome, f"{instance_id}, stopped after its first boot ({_age(seconds)})")
-            )
+        end = ended.get(instance_id)
+        if end is not None and end.ready:
+            detail = f"{instance_id}, stopped after its first boot ({_age(end.seconds)})"
+            actions.append(Action("instance", name, outcome, detail))
             continue
-        if state == "terminated":
+        if end is not None and end.state == "terminated":
             detail = f"{instance_id}, terminated during its first boot: run provision again to replace it"
-            actions.append(Action("instance", name, outcome, detail, problem=True))
-            continue
-        detail = (
-            f"{instance_id}, still running after {_age(FIRST_BOOT_LIMIT_S)}: its first boot is slow or failed; "
-            f"`aws ec2 get-console-output --instance-id {instance_id}` ends with 'facerec: first boot failed' if "
-            "it failed (terminate it and provision again); a slow one stops itself, then provision again adds it "
-            "to the pool"
-        )
+        elif end is not None:
+            detail = (
+                f"{instance_id}, stopped by someone ({end.reason or 'no reason given'}) before its first boot ended, "
+                "so it may have no worker and stays out of the pool: terminate it and provision again"
+            )
+        else:
+            detail = (
+                f"{instance_id}, still running after {_age(FIRST_BOOT_LIMIT_S)}: its first boot is slow or failed; "
+                f"`aws ec2 get-console-output --instance-id {instance_id}` ends with 'facerec: first boot failed' if "
+                "it failed (terminate it and provision again); a slow one stops itself, then provision again adds "
+                "it to the pool"
+            )
         actions.append(Action("instance", name, outcome, detail, problem=True))
     return actions
 
 
+SELF_STOP_REASONS = frozenset({"Client.InstanceInitiatedShutdown"})
+"""EC2's StateReason of an instance that powered itself off, as the user data does at the end of a first boot. A
+stop through the API (Client.UserInitiatedShutdown) could have cut the boot short."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirstBootEnd:
+    state: str
+    """`stopped` or `terminated`."""
+    reason: str
+    """EC2's StateReason code."""
+    seconds: float
+
+    @property
+    def ready(self) -> bool:
+        """Stopped by itself, at the end of its first boot: it has a worker from its next start on."""
+        return self.state == "stopped" and self.reason in SELF_STOP_REASONS
+
+
 async def wait_for_first_boots(
     ec2: EC2Client, ids: list[str], within_s: float, progress: Callable[[str], None] | None = None
-) -> dict[str, tuple[str, float]]:
-    """Instance id -> (`stopped` or `terminated`, seconds it took) for those of `ids` that got there within
-    `within_s`; the others are still booting."""
+) -> dict[str, FirstBootEnd]:
+    """How each of `ids` that stopped or terminated within `within_s` ended its first boot (the others are
+    still booting). An instance that stopped itself joins the pool at once: its FIRST_BOOT_TAG is removed."""
     started = time.monotonic()
-    ended: dict[str, tuple[str, float]] = {}
+    ended: dict[str, FirstBootEnd] = {}
+    tagged: list[str] = []
     pause, longest = FIRST_BOOT_POLLS_S
-    while len(ended) < len(ids) and time.monotonic() - started < within_s:
+    while (len(ended) < len(ids) or tagged) and time.monotonic() - started < within_s:
         await asyncio.sleep(min(pause, max(0.0, within_s - (time.monotonic() - started))))
         pause = min(pause * 2, longest)
+        waiting = [i for i in ids if i not in ended]
         try:
-            reply = await ec2.describe_instances(InstanceIds=[i for i in ids if i not in ended])
-        except (ClientError, BotoCoreError) as exc:
+            if tagged:
+                await ec2.delete_tags(Resources=tagged, Tags=[{"Key": FIRST_BOOT_TAG}])
+                tagged = []
+            instances = []
+            if waiting:
+                reply = await ec2.describe_instances(InstanceIds=waiting)
+                instances = [i for r in reply["Reservations"] for i in r["Instances"]]
+        except (ClientError, BotoConnectionError, HTTPClientError) as exc:
             # EC2 is eventually consistent (an instance just made may not be listed yet), throttles, and a
-            # network may blip: none of that ends a wait of minutes.
+            # network may blip: none of that ends a wait of minutes. Anything else (credentials) does.
             if isinstance(exc, ClientError) and _code(exc) not in _WAIT_THROUGH:
                 raise
             continue
-        for instance in (i for r in reply["Reservations"] for i in r["Instances"]):
+        for instance in instances:
             state = instance["State"]["Name"]
-            if state in ("stopped", "terminated"):
-                ended[instance["InstanceId"]] = (state, time.monotonic() - started)
-                if progress is not None:
-                    progress(f"{instance['InstanceId']} is {state} ({len(ended)} of {len(ids)})")
+            if state not in ("stopped", "terminated"):
+                continue
+            reason = instance.get("StateReason", {}).get("Code", "")
+            end = FirstBootEnd(state, reason, time.monotonic() - started)
+            ended[instance["InstanceId"]] = end
+            tagged += [instance["InstanceId"]] if end.ready else []
+            if progress is not None:
+                how = "ready" if end.ready else state if state == "terminated" else f"stopped ({reason})"
+                progress(f"{instance['InstanceId']} is {how} ({len(ended)} of {len(ids)})")
+    if tagged:  # the last ones seen, or the deadline came first
+        await ec2.delete_tags(Resources=tagged, Tags=[{"Key": FIRST_BOOT_TAG}])
     return ended
 
 
@@ -571,8 +609,9 @@ async def provision(
             wheel = await upload_wheel(s3, settings, pool.wheel, pool.torch_index)
             actions.append(Action("wheel", f"s3://{settings.gallery_bucket}/{WHEEL_PREFIX}{wheel.name}", "uploaded"))
         calibration_url = ""
-        if pool.calibration_dir is not None:
-            calibration_url, count = await upload_calibration_photos(s3, settings, pool.calibration_dir)
+        if pool.calibration_photos is not None:
+            archive, count = pool.calibration_photos
+            calibration_url = await upload_calibration_photos(s3, settings, archive)
             location = f"s3://{settings.gallery_bucket}/{CALIBRATION_KEY}"
             actions.append(Action("photos", location, "uploaded", f"{count}, to calibrate the int8 model on"))
         user_data = render_user_data(settings, pool.user_data_template, wheel, calibration_url, stop_when_done=True)

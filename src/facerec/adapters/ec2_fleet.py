@@ -131,6 +131,8 @@ class Ec2Fleet:
         self._cache_ttl_s = cache_ttl_s
         self._cached: tuple[float, list[WorkerInfo]] | None = None
         self._ec2_states: dict[str, str] = {}
+        self._booting_numbers: set[int | None] = set()
+        """Name numbers of instances in their first boot: not workers, but their names are taken."""
         """Instance id -> EC2's own state name (WorkerState merges stopped with terminated)."""
         self._lock = asyncio.Lock()
         self._clock = clock
@@ -204,9 +206,16 @@ class Ec2Fleet:
     async def _refresh(self) -> builtins.list[WorkerInfo]:
         ec2 = await self._ec2()
         try:
-            instances = [i for i in await describe_fleet(ec2, self._prefix) if not in_first_boot(i)]
+            every = await describe_fleet(ec2, self._prefix)
         except (ClientError, BotoCoreError) as exc:
             raise PortError(f"describe_instances failed: {exc}") from exc
+        instances = [i for i in every if not in_first_boot(i)]
+        gone = ("shutting-down", "terminated")
+        self._booting_numbers = {
+            name_number(tag_value(i, "Name") or "")
+            for i in every
+            if in_first_boot(i) and i["State"]["Name"] not in gone
+        }
         workers = sorted(map(to_worker, instances), key=_by_number)
         self._ec2_states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
         self._cached = (self._clock(), workers)
@@ -245,6 +254,7 @@ class Ec2Fleet:
         # Names held by instances still alive (or going to `stopped`); terminated ones free their name.
         gone = ("shutting-down", "terminated")
         taken = {name_number(w.name) for w in workers if self._ec2_states.get(w.worker_id) not in gone}
+        taken |= self._booting_numbers
         numbers = list(itertools.islice((n for n in itertools.count(1) if n not in taken), wanted))
         ec2 = await self._ec2()
         results = await asyncio.gather(*(self._run_one(ec2, n) for n in numbers), return_exceptions=True)

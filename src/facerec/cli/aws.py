@@ -7,6 +7,7 @@ A failure is one sentence naming the resource and the fix (`--debug` shows the t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -134,13 +135,12 @@ def provision(
             user_data_template=user_data_path or steps.USER_DATA,
             wheel=wheel,
             torch_index=torch_index or "",
-            calibration_dir=calibration_dir,
         )
         try:  # render once now: a value that cannot go into the script is refused before anything is made
             if wheel is not None:
                 steps.check_wheel_name(wheel)
             if calibration_dir is not None:
-                steps.calibration_photos(calibration_dir)
+                spec = dataclasses.replace(spec, calibration_photos=steps.calibration_photos(calibration_dir))
             steps.render_user_data(settings, spec.user_data_template, steps.WheelSource("", "", spec.torch_index))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

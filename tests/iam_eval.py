@@ -4,7 +4,7 @@ calls (`FACEREC_AWS_CALL_LOG` lines) to the requests IAM authorizes.
 No well-kept library evaluates identity policies with resource ARNs and conditions offline (moto's own
 evaluator ignores both; policy_sentry, parliament and cloudsplaining write or lint policies), so this covers
 what the policies here use: Allow and Deny, `Action` and `Resource` with `*`/`?` wildcards (actions
-case-insensitively), and the condition operators StringEquals, StringLike, ArnLike and Bool, each key's values
+case-insensitively), and the condition operators StringEquals, StringLike, ArnLike, Bool and Null, each key's values
 OR-ed and keys and operators AND-ed; a key missing from the request fails its condition, as in IAM. An
 explicit Deny wins; no Allow means an implicit deny.
 """
@@ -29,7 +29,7 @@ _ACTION_OF = {
     ("sqs", "ChangeMessageVisibilityBatch"): "sqs:ChangeMessageVisibility",
 }
 _BUCKET_LEVEL = {"s3:ListBucket"}
-_SUPPORTED_OPERATORS = {"StringEquals", "StringLike", "ArnLike", "Bool"}
+_SUPPORTED_OPERATORS = {"StringEquals", "StringLike", "ArnLike", "Bool", "Null"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ def _condition_holds(condition: Mapping[str, Mapping[str, Any]], context: Mappin
             raise NotImplementedError(f"condition operator {operator} (extend tests/iam_eval.py)")
         for key, expected in tests.items():
             actual = context.get(key)
+            if operator == "Null":  # "true": the key must be absent; "false": present
+                if (actual is None) != (str(expected).lower() == "true"):
+                    return False
+                continue
             if actual is None:
                 return False
             values = [str(v) for v in _as_list(expected)]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from facerec.adapters.ec2_fleet import FIRST_BOOT_TAG
 from facerec.cli import main
 from facerec.provision import POLICIES, render_policy
 from facerec.settings import Settings
@@ -130,6 +131,14 @@ def test_web_policy_touches_only_tagged_app_tier_instances() -> None:
         condition = statement["Condition"]
         assert condition["StringEquals"] == {"aws:ResourceTag/facerec:prefix": PREFIX}
         assert condition["StringLike"] == {"aws:ResourceTag/Name": "app-tier-instance-*"}
+    # Not one in its first boot (FIRST_BOOT_TAG), even for a web process of an older facerec that does not know
+    # the tag: stopped mid-boot, it would never get a worker.
+    instance = f"arn:aws:ec2:{settings().aws_region}:{ACCOUNT}:instance/i-0123456789abcdef0"
+    tags = {"aws:ResourceTag/facerec:prefix": PREFIX, "aws:ResourceTag/Name": "app-tier-instance-3"}
+    booting = {**tags, f"aws:ResourceTag/{FIRST_BOOT_TAG}": "1"}
+    for action in ("ec2:StartInstances", "ec2:StopInstances"):
+        assert allows(statements(document), Request(action, instance, tags))
+        assert not allows(statements(document), Request(action, instance, booting))
     launches = [
         s
         for s in statements(document)

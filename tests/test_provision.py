@@ -262,6 +262,7 @@ def test_an_instance_that_never_finishes_its_first_boot_is_reported_not_stopped(
     assert state == "running"
     assert f"{instance_id}, still running after 1.5 s: its first boot is slow or failed" in result.output
     assert f"aws ec2 get-console-output --instance-id {instance_id}" in result.output
+    assert f"{instance_id}, first boot: not in the pool yet" in cli(endpoint, "status")
     # Meanwhile a web tier's scaler leaves it alone: it is not in the pool yet.
     assert asyncio.run(_pool_seen_by_the_fleet(endpoint)) == []
     # Its boot ends later (it stops itself); provision again sees that and adds it to the pool.

@@ -761,5 +761,7 @@ async def status(aws: AwsClients, settings: Settings) -> list[Action]:
     instances = await describe_fleet(await aws.ec2(), settings.prefix)
     for instance in sorted(instances, key=lambda i: name_number(tag_value(i, "Name") or "") or 0):
         name = tag_value(instance, "Name") or ""
-        actions.append(Action("instance", name, instance["State"]["Name"], instance["InstanceId"]))
+        # Not in the pool yet: `provision` adds it once it has stopped itself after its first boot.
+        detail = instance["InstanceId"] + (", first boot: not in the pool yet" if in_first_boot(instance) else "")
+        actions.append(Action("instance", name, instance["State"]["Name"], detail))
     return actions

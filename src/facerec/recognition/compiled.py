@@ -58,9 +58,9 @@ def cpu_capability() -> str:
 
 
 _ISA_FLAGS = (
-    *("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "gfni", "vaes", "vpclmul", "pclmul", "aes", "sha"),
-    *("popcnt", "movbe", "abm", "adx"),
-)
+    "avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "gfni", "vaes", "vpclmul", "pclmul", "aes", "sha",
+    "popcnt", "movbe", "abm", "adx",
+)  # fmt: skip
 """Prefixes of the x86 `/proc/cpuinfo` flags that name instruction-set extensions compiled code may use."""
 
 
@@ -80,6 +80,12 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
         if key.strip() == "Features":
             return sorted(value.split())
     return [f"processor:{platform.processor() or platform.machine()}"]
+
+
+def platform_stamp() -> dict[str, Any]:
+    """The part of a package's stamp about where it runs, the same for every package built here: the torch it was
+    compiled against and the CPU (`cpu_features` is checked as a subset, see `sidecars.SUBSET_KEYS`)."""
+    return {"torch": torch.__version__, "cpu_capability": cpu_capability(), "cpu_features": cpu_features()}
 
 
 def package_dir(settings: Settings, weights_id: str) -> Path:
@@ -104,9 +110,7 @@ def expected_stamp(settings: Settings, weights_id: str, weights_sha256: str) -> 
         "weights_sha256": weights_sha256,
         "crop_size": settings.crop_size,
         "batches": list(INT8_BATCHES),
-        "torch": torch.__version__,
-        "cpu_capability": cpu_capability(),
-        "cpu_features": cpu_features(),
+        **platform_stamp(),
     }
 
 

@@ -30,7 +30,7 @@ import torch
 
 from facerec.recognition import sidecars
 from facerec.recognition.cascade import ONET_SIDE, RNET_SIDE
-from facerec.recognition.compiled import cpu_capability, cpu_features
+from facerec.recognition.compiled import platform_stamp
 from facerec.recognition.sidecars import read_json_object, sha256_file
 from facerec.settings import Settings
 
@@ -83,9 +83,7 @@ def expected_stamp() -> dict[str, Any]:
     return {
         "detector_version": DETECTOR_VERSION,
         "weights_sha256": weights_checksums(),
-        "torch": torch.__version__,
-        "cpu_capability": cpu_capability(),
-        "cpu_features": cpu_features(),
+        **platform_stamp(),
     }
 
 

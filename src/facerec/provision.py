@@ -26,6 +26,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from facerec.adapters.aws_session import AwsClients
 from facerec.adapters.ec2_fleet import (
     FIRST_BOOT_TAG,
+    GONE_STATES,
     NAME_PREFIX,
     describe_fleet,
     in_first_boot,
@@ -416,7 +417,7 @@ async def ensure_pool(
     existing = {
         name_number(tag_value(i, "Name") or ""): i
         for i in await describe_fleet(ec2, settings.prefix)
-        if i["State"]["Name"] not in ("shutting-down", "terminated")
+        if i["State"]["Name"] not in GONE_STATES
     }
     kept = [existing[n] for n in sorted(k for k in existing if k is not None and k <= spec.size)]
     actions = [
@@ -426,9 +427,9 @@ async def ensure_pool(
     ]
     # Whatever their number: one above the size asked for now still joins the pool once booted.
     booting = [
-        (i["InstanceId"], tag_value(i, "Name") or "", "exists")
-        for n, i in sorted(existing.items(), key=lambda item: item[0] or 0)
-        if in_first_boot(i)
+        (existing[n]["InstanceId"], tag_value(existing[n], "Name") or "", "exists")
+        for n in sorted(existing, key=lambda number: number or 0)
+        if in_first_boot(existing[n])
     ]
     missing = [n for n in range(1, spec.size + 1) if n not in existing]
     first_boot_tag = stops_itself(spec.user_data_template)

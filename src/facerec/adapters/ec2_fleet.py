@@ -48,6 +48,8 @@ EC2_STATES: dict[str, WorkerState] = {
     "terminated": WorkerState.STOPPED,
 }
 _ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
+GONE_STATES = ("shutting-down", "terminated")
+"""EC2 states of an instance that is going away for good: it frees its name."""
 
 
 def name_number(name: str) -> int | None:
@@ -131,9 +133,9 @@ class Ec2Fleet:
         self._cache_ttl_s = cache_ttl_s
         self._cached: tuple[float, list[WorkerInfo]] | None = None
         self._ec2_states: dict[str, str] = {}
+        """Instance id -> EC2's own state name (WorkerState merges stopped with terminated)."""
         self._booting_numbers: set[int | None] = set()
         """Name numbers of instances in their first boot: not workers, but their names are taken."""
-        """Instance id -> EC2's own state name (WorkerState merges stopped with terminated)."""
         self._lock = asyncio.Lock()
         self._clock = clock
         self._waiting: tuple[int, int] | None = None
@@ -210,11 +212,10 @@ class Ec2Fleet:
         except (ClientError, BotoCoreError) as exc:
             raise PortError(f"describe_instances failed: {exc}") from exc
         instances = [i for i in every if not in_first_boot(i)]
-        gone = ("shutting-down", "terminated")
         self._booting_numbers = {
             name_number(tag_value(i, "Name") or "")
             for i in every
-            if in_first_boot(i) and i["State"]["Name"] not in gone
+            if in_first_boot(i) and i["State"]["Name"] not in GONE_STATES
         }
         workers = sorted(map(to_worker, instances), key=_by_number)
         self._ec2_states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
@@ -252,8 +253,7 @@ class Ec2Fleet:
 
     async def _run(self, workers: builtins.list[WorkerInfo], wanted: int) -> builtins.list[WorkerInfo]:
         # Names held by instances still alive (or going to `stopped`); terminated ones free their name.
-        gone = ("shutting-down", "terminated")
-        taken = {name_number(w.name) for w in workers if self._ec2_states.get(w.worker_id) not in gone}
+        taken = {name_number(w.name) for w in workers if self._ec2_states.get(w.worker_id) not in GONE_STATES}
         taken |= self._booting_numbers
         numbers = list(itertools.islice((n for n in itertools.count(1) if n not in taken), wanted))
         ec2 = await self._ec2()

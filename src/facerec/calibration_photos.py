@@ -13,9 +13,15 @@ from PIL import Image, ImageOps
 from facerec.recognition.images import ALLOWED_FORMATS
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
-UPLOADED_PHOTOS = 192
-"""Photos `facerec aws provision` sends: twice the 96 crops the int8 build takes (`compiled.CALIBRATION_CROPS` +
-`compiled.CHECK_CROPS`), as some photos have no face the detector finds."""
+CALIBRATION_CROPS = 64
+"""Face crops the int8 model's activation ranges are measured on (more changed the embeddings by less than 0.005)."""
+CHECK_CROPS = 32
+"""Further crops, not calibrated on, on which the build measures the distance to fp32 it records."""
+MIN_CALIBRATION_CROPS = 16
+"""Fewer faces found in the calibration photos and nothing is built (workers embed in fp32)."""
+UPLOADED_PHOTOS = 2 * (CALIBRATION_CROPS + CHECK_CROPS)
+"""Photos `facerec aws provision` sends: twice the crops the int8 build takes, as some photos have no face the
+detector finds."""
 UPLOADED_MAX_SIDE = 1280
 """Larger photos are sent scaled down to this long side: the size a worker decodes them at (the default
 FACEREC_DECODE_MAX_SIDE), and 192 phone photos would otherwise be about a gigabyte in the instance's memory (its

@@ -37,7 +37,7 @@ from facerec.adapters.ec2_fleet import (
 from facerec.adapters.s3_coordination import DEPLOYMENT_PREFIX, S3Coordination
 from facerec.adapters.sqs_queue import is_missing_queue
 from facerec.adapters.sqs_replies import reply_queue_urls
-from facerec.calibration_photos import zip_photos
+from facerec.calibration_photos import MIN_CALIBRATION_CROPS, zip_photos
 from facerec.gallery_store import BLOB_PREFIX
 from facerec.iam_roles import delete_roles, ensure_roles, roles_status
 from facerec.ports import WebMember
@@ -215,17 +215,15 @@ async def upload_wheel(s3: S3Client, settings: Settings, wheel: Path, torch_inde
 
 
 CALIBRATION_KEY = WHEEL_PREFIX + "calibration-photos.zip"
-MIN_CALIBRATION_PHOTOS = 16
-"""The int8 build needs 16 faces (`compiled.MIN_CALIBRATION_CROPS`): fewer photos cannot give them."""
 
 
 def calibration_photos(folder: Path) -> tuple[bytes, int]:
     """The zip `upload_calibration_photos` sends and how many photos it holds; ValueError when too few."""
     archive, count = zip_photos(folder)
-    if count < MIN_CALIBRATION_PHOTOS:
+    if count < MIN_CALIBRATION_CROPS:
         raise ValueError(
             f"{folder} has {count} photos (.jpg, .jpeg, .png, searched recursively); the int8 model is calibrated "
-            f"on the faces of at least {MIN_CALIBRATION_PHOTOS}"
+            f"on the faces of at least {MIN_CALIBRATION_CROPS}"
         )
     return archive, count
 

@@ -115,7 +115,7 @@ def _prepare_detector(settings: Settings) -> None:
 
 
 def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
-    from facerec.calibration_photos import photo_files
+    from facerec.calibration_photos import CALIBRATION_CROPS, CHECK_CROPS, MIN_CALIBRATION_CROPS, photo_files
     from facerec.recognition import compiled
     from facerec.recognition.folding import fold_batch_norms
     from facerec.recognition.weights import load_embedding_model, weights_id, weights_sha256
@@ -130,10 +130,10 @@ def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
         click.echo(f"int8: {folder} (up to date; {compiled.summary(compiled.read_sidecar(folder) or {})})")
         return
     photos = photo_files(calibration_dir) if calibration_dir.is_dir() else []
-    crops = compiled.calibration_crops(settings, photos, compiled.CALIBRATION_CROPS + compiled.CHECK_CROPS)
-    if len(crops) < compiled.MIN_CALIBRATION_CROPS:
+    crops = compiled.calibration_crops(settings, photos, CALIBRATION_CROPS + CHECK_CROPS)
+    if len(crops) < MIN_CALIBRATION_CROPS:
         click.echo(
-            f"int8: not built: {len(crops)} faces found in {calibration_dir} ({compiled.MIN_CALIBRATION_CROPS} or "
+            f"int8: not built: {len(crops)} faces found in {calibration_dir} ({MIN_CALIBRATION_CROPS} or "
             "more needed to calibrate); "
             "workers with FACEREC_EMBEDDING_VARIANT=int8 embed in fp32",
             err=True,
@@ -141,7 +141,7 @@ def _prepare_int8(settings: Settings, calibration_dir: Path) -> None:
         return
     model = load_embedding_model(settings)
     fold_batch_norms(model)
-    calibration, check = crops[: compiled.CALIBRATION_CROPS], crops[compiled.CALIBRATION_CROPS :]
+    calibration, check = crops[:CALIBRATION_CROPS], crops[CALIBRATION_CROPS:]
     source = f"{len(calibration)} face crops from {calibration_dir}"
     try:
         sidecar = compiled.build_int8(model, calibration, check, folder, stamp, source)

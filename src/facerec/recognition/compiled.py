@@ -40,12 +40,6 @@ INT8_VERSION = 1
 """Part of the sidecar: bump when the build changes so that packages made by older code are rebuilt."""
 INT8_BATCHES = (16,)
 """The batch sizes compiled; a chunk runs at the smallest one that holds it (padded). 16 is EMBED_CHUNK."""
-CALIBRATION_CROPS = 64
-"""Face crops the activation ranges are measured on (more changed the embeddings by less than 0.005)."""
-CHECK_CROPS = 32
-"""Further crops, not calibrated on, on which the build measures the distance to fp32 it records."""
-MIN_CALIBRATION_CROPS = 16
-"""Fewer faces found in the calibration photos and nothing is built (workers embed in fp32)."""
 
 
 class Int8Unavailable(RuntimeError):
